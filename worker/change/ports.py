@@ -1,0 +1,91 @@
+"""The small protocols the coordinator needs; the SSH adapter and the test fakes implement them.
+
+The coordinator never sees an SSH connection: it reads, stages, renames and runs commands
+through :class:`RemoteHost`, and resolves names through :class:`Fleet`.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """A finished remote command. ``exit_status`` is None when it was killed by a signal."""
+
+    command: str
+    exit_status: int | None
+    stdout: str
+    stderr: str
+    duration_ms: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_status == 0
+
+
+class RemoteHost(Protocol):
+    """One DHCP server as the coordinator sees it.
+
+    Errors are raised as :mod:`worker.errors` classes: ``Unreachable`` / ``HostKeyMismatch``
+    when the host cannot be reached, ``LockTimeout`` from :meth:`lock`, ``Ambiguous`` when a
+    command or file operation may or may not have happened (timeout, connection lost).
+    A command that ran and exited non-zero is *not* an exception: it is a ``CommandResult``.
+    """
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def config_path(self) -> str:
+        """Absolute path of the live dhcpd.conf on the server."""
+        ...
+
+    async def read(self, path: str) -> bytes | None:
+        """The file's bytes, or None when it does not exist."""
+        ...
+
+    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
+        """Write ``path`` (created or truncated), copying mode and owner of ``like`` if given.
+
+        Writers use a path in the live file's own directory so the later rename is atomic.
+        """
+        ...
+
+    async def replace(self, src: str, dst: str) -> None:
+        """Atomically rename ``src`` over ``dst`` (POSIX rename semantics)."""
+        ...
+
+    async def remove(self, path: str) -> None:
+        """Delete ``path``; a missing file is not an error."""
+        ...
+
+    async def listdir(self, directory: str) -> list[str]:
+        """Names (not paths) of the entries in ``directory``."""
+        ...
+
+    async def validate(self, path: str) -> CommandResult:
+        """Run the server's validate command (``dhcpd -t -cf {path}``) on a candidate."""
+        ...
+
+    async def restart(self) -> CommandResult:
+        """Run the server's restart command and then its verify command, if any."""
+        ...
+
+    def lock(self, timeout: float) -> AbstractAsyncContextManager[None]:
+        """Hold the server's change lock for the ``async with`` body; bounded wait."""
+        ...
+
+
+class Fleet(Protocol):
+    """The inventory as the coordinator sees it: only these servers are ever contacted."""
+
+    def host(self, name: str) -> RemoteHost:
+        """The host for an inventory name; raises ``UnknownServer`` for any other name."""
+        ...
+
+    def server_for_address(self, address: str) -> str | None:
+        """The inventory name whose host or failover address is ``address``, if any."""
+        ...

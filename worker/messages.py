@@ -1,0 +1,359 @@
+"""The message contract (CONTRACT.md §2-§3): requests in, result events out.
+
+Parameter names follow Micetro's API exactly (PascalCase, ``Mclt``, ``PrimaryServer`` ...);
+Micetro's JSON camelCase spelling is accepted too. Everything a request carries ends up in a
+file path, a dhcpd.conf string or a log line, so names are restricted to a safe character set
+and numbers to sane ranges here, at the edge, before any other layer sees them.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AliasChoices,
+    AliasGenerator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    StringConstraints,
+    TypeAdapter,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel, to_pascal
+
+# -- value types ------------------------------------------------------------------------------
+
+#: A failover relationship name: goes inside a quoted dhcpd.conf string and into log lines.
+RelationshipName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+]
+#: An inventory server name (a host name, usually an FQDN).
+ServerName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
+]
+#: The idempotency key; also names the journal file on each server.
+RequestId = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+]
+Port = Annotated[StrictInt, Field(ge=1, le=65535)]
+#: dhcpd stores these as 32-bit seconds; a day of MCLT is already far beyond ISC's advice.
+Mclt = Annotated[StrictInt, Field(ge=0, le=86400 * 7)]
+LoadBalanceMaxSeconds = Annotated[StrictInt, Field(ge=0, le=3600)]
+MaxResponseDelay = Annotated[StrictInt, Field(ge=1, le=3600)]
+MaxUnackedUpdates = Annotated[StrictInt, Field(ge=1, le=65535)]
+
+MAX_NAMES_PER_REMOVE = 32
+MAX_COMMENT_LENGTH = 1024
+#: Larger bodies are rejected before parsing (the consumer enforces it).
+MAX_REQUEST_BYTES = 64 * 1024
+
+
+class Operation(StrEnum):
+    modify = "modify"
+    remove = "remove"
+
+
+class Outcome(StrEnum):
+    succeeded = "succeeded"
+    rejected = "rejected"
+    failed = "failed"
+    rolled_back = "rolled_back"
+    rollback_failed = "rollback_failed"
+
+
+class Phase(StrEnum):
+    validate = "validate"
+    plan = "plan"
+    prepare = "prepare"
+    commit = "commit"
+    rollback = "rollback"
+
+
+class DeconfigureAction(StrEnum):
+    """Micetro's enum for what happens to the secondary's scopes on remove."""
+
+    none = "None"
+    disable = "Disable"
+    delete = "Delete"
+
+
+MODIFY_COMMAND = "ModifyDHCPFailoverRelationship"
+REMOVE_COMMAND = "RemoveDHCPFailoverRelationships"
+COMMAND_OPERATION: dict[str, Operation] = {
+    MODIFY_COMMAND: Operation.modify,
+    REMOVE_COMMAND: Operation.remove,
+}
+
+# -- requests ---------------------------------------------------------------------------------
+
+_PARAMS_CONFIG = ConfigDict(
+    extra="forbid",
+    frozen=True,
+    alias_generator=AliasGenerator(
+        validation_alias=lambda f: AliasChoices(to_pascal(f), to_camel(f)),
+        serialization_alias=to_pascal,
+    ),
+)
+
+
+class ModifyParams(BaseModel):
+    """``ModifyDHCPFailoverRelationship``: an omitted setting keeps its current value."""
+
+    model_config = ConfigDict(
+        **_PARAMS_CONFIG,
+        json_schema_extra={
+            "anyOf": [
+                {"required": [name]}
+                for name in (
+                    "Mclt",
+                    "Port",
+                    "PartnerPort",
+                    "LoadBalanceMaxSeconds",
+                    "MaxResponseDelay",
+                    "MaxUnackedUpdates",
+                )
+            ]
+        },
+    )
+
+    name: RelationshipName
+    primary_server: ServerName
+    secondary_server: ServerName
+    mclt: Mclt | None = None
+    port: Port | None = None
+    partner_port: Port | None = Field(
+        default=None,
+        description="The secondary's own port (primary's `peer port`); equal to Port if omitted.",
+    )
+    load_balance_max_seconds: LoadBalanceMaxSeconds | None = None
+    max_response_delay: MaxResponseDelay | None = None
+    max_unacked_updates: MaxUnackedUpdates | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ModifyParams:
+        if self.primary_server == self.secondary_server:
+            raise ValueError("PrimaryServer and SecondaryServer must be different servers")
+        if all(getattr(self, f) is None for f in SETTING_FIELDS):
+            raise ValueError(
+                "at least one setting must be given: " + ", ".join(to_pascal(f) for f in SETTING_FIELDS)
+            )
+        return self
+
+
+#: The optional settings of a modify, by attribute name.
+SETTING_FIELDS = (
+    "mclt",
+    "port",
+    "partner_port",
+    "load_balance_max_seconds",
+    "max_response_delay",
+    "max_unacked_updates",
+)
+
+
+class RemoveParams(BaseModel):
+    """``RemoveDHCPFailoverRelationships``: ``Name`` may be one name or a list, removed as one."""
+
+    model_config = _PARAMS_CONFIG
+
+    server: ServerName
+    name: RelationshipName | list[RelationshipName] = Field(
+        description="One relationship name, or a list of names removed as one change."
+    )
+    deconfigure_action: DeconfigureAction = DeconfigureAction.disable
+
+    @field_validator("name")
+    @classmethod
+    def _names(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list):
+            if not v:
+                raise ValueError("Name must not be an empty list")
+            if len(v) > MAX_NAMES_PER_REMOVE:
+                raise ValueError(f"at most {MAX_NAMES_PER_REMOVE} names per request")
+            if len(set(v)) != len(v):
+                raise ValueError("Name lists a relationship twice")
+        return v
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name,) if isinstance(self.name, str) else tuple(self.name)
+
+
+_ENVELOPE_CONFIG = ConfigDict(
+    extra="forbid",
+    frozen=True,
+    alias_generator=AliasGenerator(
+        validation_alias=lambda f: AliasChoices(to_camel(f), to_pascal(f)),
+        serialization_alias=to_camel,
+    ),
+)
+
+
+class _RequestBase(BaseModel):
+    model_config = _ENVELOPE_CONFIG
+
+    request_id: RequestId | None = Field(
+        default=None,
+        description="Idempotency key; the AMQP message_id is used when absent.",
+    )
+    dry_run: StrictBool = Field(
+        default=False, description="Compute and validate everything, report diffs, change nothing."
+    )
+    comment: Annotated[str, StringConstraints(max_length=MAX_COMMENT_LENGTH)] | None = None
+
+
+class ModifyRequest(_RequestBase):
+    command: Literal["ModifyDHCPFailoverRelationship"] = Field(alias="command")
+    params: ModifyParams
+
+    @property
+    def operation(self) -> Operation:
+        return Operation.modify
+
+    @property
+    def subject(self) -> str:
+        return self.params.name
+
+
+class RemoveRequest(_RequestBase):
+    command: Literal["RemoveDHCPFailoverRelationships"] = Field(alias="command")
+    params: RemoveParams
+
+    @property
+    def operation(self) -> Operation:
+        return Operation.remove
+
+    @property
+    def subject(self) -> str:
+        return ",".join(self.params.names)
+
+
+Request = Annotated[ModifyRequest | RemoveRequest, Field(discriminator="command")]
+
+
+REQUEST_ADAPTER: TypeAdapter[ModifyRequest | RemoveRequest] = TypeAdapter(Request)
+
+
+def parse_request(body: bytes | str) -> ModifyRequest | RemoveRequest:
+    """Validate a request body; raises ``pydantic.ValidationError`` (the caller maps it)."""
+    return REQUEST_ADAPTER.validate_json(body)
+
+
+# -- result events ----------------------------------------------------------------------------
+
+_EVENT_CONFIG = ConfigDict(extra="forbid")
+
+
+class ErrorInfo(BaseModel):
+    """The ``error`` object of a result event."""
+
+    model_config = _EVENT_CONFIG
+
+    code: str
+    message: str
+    server: str | None = None
+    phase: Phase
+    detail: Any = None
+
+
+class ServerResult(BaseModel):
+    """What happened on one server. ``state`` says which config it runs now."""
+
+    model_config = _EVENT_CONFIG
+
+    name: str
+    role: Literal["primary", "secondary"]
+    changed: bool
+    sha256Before: str | None = None
+    sha256After: str | None = None
+    diff: str = ""
+    restarted: bool = False
+    state: Literal["old", "new", "unknown"] = "old"
+    files: dict[str, Literal["old", "new", "unknown"]] = Field(
+        default_factory=dict,
+        description="Each file this change wrote on the server and which version it holds now.",
+    )
+    durationMs: int | None = None
+
+
+class ResultData(BaseModel):
+    """The ``data`` of a result event: what audit consumers store."""
+
+    model_config = _EVENT_CONFIG
+
+    requestId: str | None
+    command: str | None
+    outcome: Outcome
+    dryRun: bool = False
+    servers: list[ServerResult] = Field(default_factory=list)
+    error: ErrorInfo | None = None
+    warnings: list[str] = Field(default_factory=list)
+    durationMs: int = 0
+
+
+EVENT_SOURCE = "urn:dhcp-failover-worker"
+EVENT_TYPE_PREFIX = "net.dhcp.failover"
+
+
+class ResultEvent(BaseModel):
+    """A CloudEvents 1.0 envelope in structured JSON mode."""
+
+    model_config = _EVENT_CONFIG
+
+    specversion: Literal["1.0"] = "1.0"
+    id: str
+    source: str = EVENT_SOURCE
+    type: str
+    subject: str | None = None
+    time: datetime
+    datacontenttype: Literal["application/json"] = "application/json"
+    correlationid: str | None = None
+    data: ResultData
+
+    @field_serializer("time")
+    def _time(self, t: datetime) -> str:
+        t = t.astimezone(UTC)
+        return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(exclude_none=False).encode()
+
+
+def event_id(request_id: str, outcome: Outcome) -> str:
+    """Deterministic: the same request id and outcome always give the same event id."""
+    return f"{request_id}/{outcome.value}"
+
+
+def event_type(operation: str, outcome: Outcome) -> str:
+    return f"{EVENT_TYPE_PREFIX}.{operation}.{outcome.value}"
+
+
+def routing_key(operation: str, outcome: Outcome) -> str:
+    return f"event.{operation}.{outcome.value}"
+
+
+def make_event(
+    data: ResultData,
+    *,
+    operation: str,
+    subject: str | None,
+    event_key: str,
+    correlation_id: str | None,
+    time: datetime | None = None,
+) -> ResultEvent:
+    """Wrap a result in its CloudEvent; ``event_key`` is the request id (or a body hash)."""
+    return ResultEvent(
+        id=event_id(event_key, data.outcome),
+        type=event_type(operation, data.outcome),
+        subject=subject,
+        time=time or datetime.now(UTC),
+        correlationid=correlation_id,
+        data=data,
+    )

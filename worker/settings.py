@@ -1,0 +1,39 @@
+"""One settings object, read from ``DHCP_FAILOVER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every name in CONTRACT.md §1 is a default here and can be changed by configuration."""
+
+    model_config = SettingsConfigDict(env_prefix="DHCP_FAILOVER_", extra="ignore")
+
+    amqp_url: str = Field(
+        default="amqp://guest:guest@localhost:5672/",
+        description="RabbitMQ URL (credentials are never logged).",
+    )
+    request_exchange: str = "dhcp.failover"
+    request_queue: str = "dhcp.failover.requests"
+    request_binding_key: str = "request.#"
+    dead_letter_exchange: str = "dhcp.failover.dlx"
+    dead_letter_queue: str = "dhcp.failover.dead"
+    event_exchange: str = "dhcp.failover.events"
+    delivery_limit: int = Field(default=5, ge=1, description="Quorum queue x-delivery-limit.")
+    prefetch: int = Field(default=8, ge=1, description="Unacked requests held per worker.")
+    concurrency: int = Field(default=4, ge=1, description="Changes run at once per worker.")
+    event_source: str = "urn:dhcp-failover-worker"
+
+    inventory: Path = Path("/etc/dhcp-failover-worker/inventory.toml")
+    connect_timeout: float = Field(default=10.0, gt=0)
+    command_timeout: float = Field(default=60.0, gt=0)
+    lock_timeout: float = Field(default=30.0, gt=0)
+    backup_retention: int = Field(default=5, ge=1)
+
+    log_format: Literal["auto", "json", "console"] = "auto"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
