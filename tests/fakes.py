@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import posixpath
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.change.ports import CommandResult, RemoteHost
@@ -135,6 +134,3 @@ class FakeFleet:
         return None
 
 
-@asynccontextmanager
-async def _noop() -> AsyncIterator[None]:
-    yield

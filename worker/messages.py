@@ -141,9 +141,8 @@ class ModifyParams(BaseModel):
         if self.primary_server == self.secondary_server:
             raise ValueError("PrimaryServer and SecondaryServer must be different servers")
         if all(getattr(self, f) is None for f in SETTING_FIELDS):
-            raise ValueError(
-                "at least one setting must be given: " + ", ".join(to_pascal(f) for f in SETTING_FIELDS)
-            )
+            names = ", ".join(to_pascal(f) for f in SETTING_FIELDS)
+            raise ValueError(f"at least one setting must be given: {names}")
         return self
 
 
