@@ -8,6 +8,7 @@ and numbers to sane ranges here, at the edge, before any other layer sees them.
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -322,7 +323,10 @@ class ResultEvent(BaseModel):
         return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
     def to_json(self) -> bytes:
-        return self.model_dump_json(exclude_none=False).encode()
+        """Structured-mode body. Absent optional attributes are omitted (CloudEvents has no
+        null attributes); inside ``data`` nulls stay, e.g. ``"error": null``."""
+        doc = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def event_id(request_id: str, outcome: Outcome) -> str:
