@@ -1,0 +1,12 @@
+#!/bin/sh
+# One-shot: the worker's client key, each host's host key, and the worker's known_hosts.
+set -eu
+cd /keys
+[ -f id_ed25519 ] || ssh-keygen -q -t ed25519 -N '' -C dhcp-failover-worker -f id_ed25519
+: > known_hosts.new
+for host in dhcp1 dhcp2; do
+  [ -f "${host}_host_ed25519_key" ] || ssh-keygen -q -t ed25519 -N '' -f "${host}_host_ed25519_key"
+  echo "${host}.example.net,${host} $(cut -d' ' -f1,2 "${host}_host_ed25519_key.pub")" >> known_hosts.new
+done
+mv known_hosts.new known_hosts
+chmod 0644 id_ed25519 known_hosts  # read by the worker's unprivileged user
