@@ -1,0 +1,40 @@
+"""Wiring for ``run``: inventory -> SSH fleet -> coordinator -> RabbitMQ consumer.
+
+This is the only module that knows all the layers; each of them knows only the one below.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from worker.change.coordinator import ChangeOptions, execute
+from worker.consumer.app import run_worker
+from worker.logging import configure_logging
+from worker.messages import ModifyRequest, RemoveRequest, ResultData
+from worker.settings import Settings
+from worker.transport.inventory import load_inventory
+from worker.transport.ssh import SshFleet
+
+log = structlog.get_logger("worker.service")
+
+
+async def serve(settings: Settings, stop: asyncio.Event) -> None:
+    """Consume requests until ``stop`` is set, then finish what is in flight and return."""
+    configure_logging(settings)
+    inventory = load_inventory(settings.inventory)
+    fleet = SshFleet(inventory, settings)
+    options = ChangeOptions(
+        lock_timeout=settings.lock_timeout, backup_retention=settings.backup_retention
+    )
+
+    async def handler(request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:
+        return await execute(request, request_id, fleet, options)
+
+    log.info("worker starting", servers=sorted(inventory.servers), inventory=str(settings.inventory))
+    try:
+        await run_worker(settings, handler, stop)
+    finally:
+        await fleet.close()
+        log.info("worker stopped")
