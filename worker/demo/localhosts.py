@@ -1,0 +1,522 @@
+"""Real OpenSSH servers on 127.0.0.1 standing in for DHCP hosts.
+
+Each "host" is a directory with its own host key, ``sshd_config``, ``authorized_keys``, a config
+dir holding ``dhcpd.conf``, and three small scripts the inventory points at:
+
+* ``bin/validate.sh PATH`` -- ``dhcpd -t -cf PATH`` (the real binary); a ``fail-validate``
+  marker file forces a dhcpd-style failure.
+* ``bin/restart.sh`` -- stands in for ``systemctl restart isc-dhcp-server``: checks the live
+  config with ``dhcpd -t`` like a real restart would, appends ``<status> <sha256 of live config>``
+  to ``restart.log`` (status ``ok``, ``failed`` or ``hung``), fails when ``fail-restart`` exists
+  and sleeps (a hung restart) when ``hang-restart`` exists.
+* ``bin/verify.sh`` -- stands in for ``systemctl is-active``; fails when ``fail-verify`` exists.
+
+``sshd -D -e`` runs in the foreground with its log in ``sshd.log``. Every process it spawns
+carries a per-instance token in its environment (``SetEnv``), so :meth:`LocalHosts.stop` ends
+exactly the processes this instance started -- including a hung restart script whose SSH
+session is long gone -- and nothing else.
+
+Run ``python -m worker.demo.localhosts [DIR]`` to start the sample pair for a manual demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import getpass
+import hashlib
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Literal
+
+MARKER_ENV = "DHCP_FAILOVER_LOCALHOSTS"
+"""Environment variable carrying the instance token into every process sshd spawns."""
+
+Marker = Literal["fail-validate", "fail-restart", "hang-restart", "fail-verify"]
+
+
+class LocalHostsError(RuntimeError):
+    """sshd (or ssh-keygen) could not be set up or started; the message carries its output."""
+
+
+@dataclass(frozen=True)
+class Restart:
+    """One run of ``restart.sh``: its status and the sha256 of the live config at that moment."""
+
+    status: Literal["ok", "failed", "hung"]
+    sha256: str
+
+
+@dataclass
+class LocalHost:
+    """One stand-in DHCP server: an sshd on 127.0.0.1:``port`` and its files under ``root``."""
+
+    name: str
+    root: Path
+    port: int
+    addresses: tuple[str, ...]
+    host_key: Path
+    config_path: Path
+    restart_log: Path
+    sshd_log: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def config_dir(self) -> Path:
+        return self.config_path.parent
+
+    @property
+    def lock_path(self) -> Path:
+        """The default lock file the inventory implies: ``<config dir>/.dhcp-failover.lock``."""
+        return self.config_dir / ".dhcp-failover.lock"
+
+    @property
+    def host_key_line(self) -> str:
+        """``type base64`` of the host's public key, as a known_hosts entry carries it."""
+        return " ".join(self.host_key.with_suffix(".pub").read_text().split()[:2])
+
+    def marker_path(self, marker: Marker) -> Path:
+        return self.root / marker
+
+    def set_marker(self, marker: Marker, on: bool = True) -> None:
+        """Make the next validate / restart / verify fail (or hang), or stop doing so."""
+        path = self.marker_path(marker)
+        if on:
+            path.touch()
+        else:
+            path.unlink(missing_ok=True)
+
+    def restarts(self) -> list[Restart]:
+        """Every restart attempt so far, oldest first."""
+        if not self.restart_log.exists():
+            return []
+        out: list[Restart] = []
+        for line in self.restart_log.read_text().splitlines():
+            status, sha = line.split()
+            assert status in ("ok", "failed", "hung"), line
+            out.append(Restart(status, sha))  # type: ignore[arg-type]
+        return out
+
+    def accepted_connections(self) -> int:
+        """How many SSH logins sshd accepted: proves a pooled connection was reused."""
+        if not self.sshd_log.exists():
+            return 0
+        return self.sshd_log.read_text(errors="replace").count("Accepted publickey")
+
+    def config_bytes(self) -> bytes:
+        return self.config_path.read_bytes()
+
+    def config_sha256(self) -> str:
+        return hashlib.sha256(self.config_path.read_bytes()).hexdigest()
+
+
+@dataclass
+class LocalHosts:
+    """A set of running stand-in servers plus the inventory that names them.
+
+    Start with :meth:`start` (a context manager too); :meth:`stop` is idempotent.
+    """
+
+    base_dir: Path
+    inventory_path: Path
+    client_key: Path
+    known_hosts: Path
+    hosts: dict[str, LocalHost]
+    token: str
+    _stopped: bool = field(default=False, repr=False)
+
+    @classmethod
+    def start(
+        cls,
+        base_dir: Path | str,
+        configs: Mapping[str, str | bytes],
+        *,
+        addresses: Mapping[str, Sequence[str]] | None = None,
+        startup_timeout: float = 10.0,
+        hang_seconds: int = 300,
+    ) -> LocalHosts:
+        """Start one sshd per ``configs`` entry (server name -> dhcpd.conf text).
+
+        ``addresses`` lists, per server, the extra addresses it is known by in failover
+        ``peer address`` statements (written to the inventory). ``hang_seconds`` bounds a
+        "hung" restart so a forgotten marker cannot leave a process behind forever.
+        """
+        base = Path(base_dir).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+        sshd = _sshd_binary()
+        _ensure_privsep_dir()
+        client_dir = base / "client"
+        client_dir.mkdir(exist_ok=True)
+        client_key = client_dir / "id_ed25519"
+        _keygen(client_key, "dhcp-failover-worker@localhosts")
+        token = uuid.uuid4().hex
+        self = cls(
+            base_dir=base,
+            inventory_path=base / "inventory.toml",
+            client_key=client_key,
+            known_hosts=base / "known_hosts",
+            hosts={},
+            token=token,
+        )
+        try:
+            for name, conf in configs.items():
+                extra = tuple(addresses.get(name, ())) if addresses else ()
+                self.hosts[name] = _start_host(
+                    sshd, base, name, conf, extra, client_key, token, startup_timeout, hang_seconds
+                )
+            self.write_known_hosts()
+            self.write_inventory()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def write_known_hosts(self) -> None:
+        """(Re)write known_hosts with every host's real key, as ``[127.0.0.1]:PORT type key``."""
+        lines = [f"[127.0.0.1]:{h.port} {h.host_key_line}\n" for h in self.hosts.values()]
+        self.known_hosts.write_text("".join(lines))
+
+    def write_inventory(self) -> None:
+        """Write inventory.toml; key and known_hosts paths are relative to it on purpose."""
+        user = getpass.getuser()
+        parts: list[str] = ["# Written by worker.demo.localhosts: stand-in servers on 127.0.0.1\n"]
+        for h in self.hosts.values():
+            bin_dir = h.root / "bin"
+            fields = {
+                "host": "127.0.0.1",
+                "port": h.port,
+                "username": user,
+                "client_keys": [str(self.client_key.relative_to(self.base_dir))],
+                "known_hosts": str(self.known_hosts.relative_to(self.base_dir)),
+                "config_path": str(h.config_path),
+                "validate_command": f"{shlex.quote(str(bin_dir / 'validate.sh'))} {{path}}",
+                "restart_command": shlex.quote(str(bin_dir / "restart.sh")),
+                "verify_command": shlex.quote(str(bin_dir / "verify.sh")),
+                "addresses": list(h.addresses),
+            }
+            parts.append(f"\n[servers.{json.dumps(h.name)}]\n")
+            parts.extend(f"{k} = {json.dumps(v)}\n" for k, v in fields.items())
+        self.inventory_path.write_text("".join(parts))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End exactly the processes this instance started: TERM, wait, then KILL."""
+        if self._stopped:
+            return
+        self._stopped = True
+        masters = [h.process for h in self.hosts.values()]
+        for p in masters:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        _terminate(self.token, {p.pid for p in masters}, timeout)
+        for p in masters:
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(timeout)
+
+    def __enter__(self) -> LocalHosts:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+# -- setting up one host -----------------------------------------------------------------------
+
+
+def _start_host(
+    sshd: str,
+    base: Path,
+    name: str,
+    conf: str | bytes,
+    addresses: tuple[str, ...],
+    client_key: Path,
+    token: str,
+    startup_timeout: float,
+    hang_seconds: int,
+) -> LocalHost:
+    if "/" in name or name in ("", ".", ".."):
+        raise LocalHostsError(f"server name {name!r} cannot be used as a directory name")
+    root = base / "hosts" / name
+    (root / "bin").mkdir(parents=True, exist_ok=True)
+    config_path = root / "etc" / "dhcp" / "dhcpd.conf"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_bytes(conf.encode() if isinstance(conf, str) else conf)
+    config_path.chmod(0o644)
+    host_key = root / "ssh_host_ed25519_key"
+    _keygen(host_key, f"host key of {name}")
+    shutil.copyfile(client_key.with_suffix(".pub"), root / "authorized_keys")
+    _write_scripts(root, config_path, hang_seconds)
+
+    sshd_log = root / "sshd.log"
+    last_error = ""
+    for _attempt in range(5):  # a free port can be taken between probe and bind: retry
+        port = _free_port()
+        sshd_config = _write_sshd_config(root, port, host_key, token)
+        check = subprocess.run(
+            [sshd, "-t", "-f", str(sshd_config)], capture_output=True, text=True, check=False
+        )
+        if check.returncode != 0:
+            raise LocalHostsError(f"sshd -t rejected {sshd_config}: {check.stderr.strip()}")
+        env = {**os.environ, MARKER_ENV: token}
+        with sshd_log.open("ab") as log:
+            process = subprocess.Popen(
+                [sshd, "-D", "-e", "-f", str(sshd_config)],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                env=env,
+                start_new_session=True,
+            )
+        if _wait_for_banner(port, process, startup_timeout):
+            return LocalHost(
+                name=name,
+                root=root,
+                port=port,
+                addresses=addresses,
+                host_key=host_key,
+                config_path=config_path,
+                restart_log=root / "restart.log",
+                sshd_log=sshd_log,
+                process=process,
+            )
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+        last_error = sshd_log.read_text(errors="replace")[-2000:]
+        if "Address already in use" not in last_error:
+            break
+    raise LocalHostsError(f"sshd for {name} did not start; its log ends with:\n{last_error}")
+
+
+def _write_sshd_config(root: Path, port: int, host_key: Path, token: str) -> Path:
+    sftp = "/usr/lib/openssh/sftp-server"
+    path = root / "sshd_config"
+    path.write_text(
+        "\n".join(
+            [
+                f"Port {port}",
+                "ListenAddress 127.0.0.1",
+                f"HostKey {host_key}",
+                f"PidFile {root / 'sshd.pid'}",
+                f"AuthorizedKeysFile {root / 'authorized_keys'}",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "UsePAM no",
+                "StrictModes no",
+                "PermitRootLogin yes",
+                "UseDNS no",
+                "PrintMotd no",
+                "PrintLastLog no",
+                "LogLevel INFO",
+                # What a real server should have, so a vanished worker's lock is released:
+                "ClientAliveInterval 5",
+                "ClientAliveCountMax 3",
+                f"SetEnv {MARKER_ENV}={token}",
+                f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
+                "",
+            ]
+        )
+    )
+    return path
+
+
+def _write_scripts(root: Path, config_path: Path, hang_seconds: int) -> None:
+    dhcpd = shutil.which("dhcpd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if dhcpd is None:
+        raise LocalHostsError("dhcpd not found (install isc-dhcp-server)")
+    q = shlex.quote
+    scripts = {
+        "validate.sh": f"""#!/bin/sh
+# dhcpd -t -cf PATH, unless the fail-validate marker asks for a dhcpd-style failure.
+if [ -e {q(str(root / "fail-validate"))} ]; then
+    echo "$1 line 1: forced failure (fail-validate marker)" >&2
+    echo "^" >&2
+    echo "Configuration file errors encountered -- exiting" >&2
+    exit 1
+fi
+exec {q(dhcpd)} -t -cf "$1"
+""",
+        "restart.sh": f"""#!/bin/sh
+# Stand-in for `systemctl restart isc-dhcp-server`: log each attempt, fail or hang on demand.
+log={q(str(root / "restart.log"))}
+conf={q(str(config_path))}
+sum=$(sha256sum < "$conf" | cut -d' ' -f1)
+if [ -e {q(str(root / "hang-restart"))} ]; then
+    echo "hung $sum" >> "$log"
+    sleep {int(hang_seconds)}
+    exit 1
+fi
+if [ -e {q(str(root / "fail-restart"))} ] || ! {q(dhcpd)} -t -q -cf "$conf" 2>/dev/null; then
+    echo "failed $sum" >> "$log"
+    echo "Job for isc-dhcp-server.service failed because the control process exited" >&2
+    exit 1
+fi
+echo "ok $sum" >> "$log"
+""",
+        "verify.sh": f"""#!/bin/sh
+# Stand-in for `systemctl is-active isc-dhcp-server`.
+if [ -e {q(str(root / "fail-verify"))} ]; then echo failed; exit 3; fi
+echo active
+""",
+    }
+    for name, text in scripts.items():
+        path = root / "bin" / name
+        path.write_text(text)
+        path.chmod(0o755)
+
+
+# -- processes ---------------------------------------------------------------------------------
+
+
+def _sshd_binary() -> str:
+    """sshd refuses to re-exec from a relative path, so resolve it absolutely."""
+    found = shutil.which("sshd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
+    if found is None:
+        raise LocalHostsError("sshd not found (install openssh-server)")
+    return str(Path(found).resolve())
+
+
+def _ensure_privsep_dir() -> None:
+    """sshd insists on its privilege-separation directory even in the foreground."""
+    with contextlib.suppress(PermissionError):
+        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
+
+
+def _keygen(path: Path, comment: str) -> None:
+    if path.exists():
+        return
+    result = subprocess.run(
+        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        raise LocalHostsError(f"ssh-keygen failed for {path}: {result.stderr.strip()}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def _wait_for_banner(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+    """True once sshd answers with its SSH banner; False if it exited or time ran out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+                if s.recv(64).startswith(b"SSH-"):
+                    return True
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return False
+
+
+def _tagged_pids(token: str) -> set[int]:
+    """Every live process whose environment carries this instance's token."""
+    needle = f"{MARKER_ENV}={token}".encode()
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                found.add(int(entry.name))
+        except OSError:
+            continue
+    found.discard(os.getpid())
+    return found
+
+
+def _alive(pid: int) -> bool:
+    """Running and not a zombie (a container's PID 1 may never reap orphans)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _signal_all(pids: set[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, sig)
+
+
+def _terminate(token: str, masters: set[int], timeout: float) -> None:
+    targets = _tagged_pids(token) | {p for p in masters if _alive(p)}
+    _signal_all(targets, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        targets = {p for p in targets | _tagged_pids(token) if _alive(p)}
+        if not targets:
+            return
+        time.sleep(0.05)
+    _signal_all(targets | _tagged_pids(token), signal.SIGKILL)
+
+
+# -- manual demo ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def sample_hosts(base_dir: Path | str) -> Iterator[LocalHosts]:
+    """The sample primary/secondary pair on local sshds, stopped on exit."""
+    from worker.demo import SAMPLE_ADDRESSES, sample_configs
+
+    hosts = LocalHosts.start(base_dir, sample_configs(), addresses=SAMPLE_ADDRESSES)
+    try:
+        yield hosts
+    finally:
+        hosts.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Start the sample pair, print the inventory, run until interrupted."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    base = Path(args[0]) if args else Path("demo-hosts")
+    stop = False
+
+    def _on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    with sample_hosts(base) as hosts:
+        print(f"inventory: {hosts.inventory_path}")
+        for h in hosts.hosts.values():
+            print(f"  {h.name}: 127.0.0.1:{h.port}  config {h.config_path}  log {h.restart_log}")
+        print("Ctrl-C to stop", flush=True)
+        while not stop:
+            time.sleep(0.2)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
