@@ -1,0 +1,320 @@
+"""The worker loop: consume requests, run the handler, publish the result, then settle.
+
+Per delivery (each in its own task, at most ``settings.concurrency`` handlers at once):
+
+    read_delivery (size, UTF-8, JSON, schema, request id)  -> Delivery
+    handler(request, request_id) or the rejection          -> ResultData
+    make_event                                             -> ResultEvent
+    publish with confirms, then settle (shielded tail)     -> ack / reject / requeue
+
+:func:`decide` is the one place that maps what happened to ack / dead-letter / requeue, and
+:func:`settle` the one place that talks to the broker about it. A request is acked only
+after its event is confirmed; if the event cannot be published the request stays unacked
+(requeued, or simply returned when the channel dies) and is redelivered, where the
+idempotent handler converges and the deterministic event id lets consumers drop the repeat.
+
+Processing runs in tasks we own, not in aio-pika's consumer callback: aiormq cancels its
+callback tasks when a channel closes, and a change in flight must never be cancelled by a
+network blip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from enum import StrEnum
+
+import aio_pika
+from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
+
+from worker.consumer.events import EventPublisher, PublishFailed
+from worker.consumer.intake import Delivery, read_delivery
+from worker.consumer.topology import declare_topology
+from worker.errors import Rejected, WorkerError
+from worker.logging import bind_request, get_logger, redact_text, redact_url
+from worker.messages import (
+    ErrorInfo,
+    ModifyRequest,
+    Outcome,
+    Phase,
+    RemoveRequest,
+    ResultData,
+    ResultEvent,
+    make_event,
+)
+from worker.settings import Settings
+
+Handler = Callable[[ModifyRequest | RemoveRequest, str], Awaitable[ResultData]]
+
+log = get_logger(__name__)
+
+
+class Settlement(StrEnum):
+    """What happens to a delivery once processing is over."""
+
+    ack = "ack"  # outcome published and confirmed: done
+    dead_letter = "dead_letter"  # unreadable bytes, answered: reject so the broker dead-letters
+    requeue = "requeue"  # no confirmed outcome: nack(requeue); counts toward the delivery limit
+    release = "release"  # not processed (shutting down): leave unacked, returned on close
+
+
+def decide(*, published: bool | None, poison: bool) -> Settlement:
+    """The one mapping from what happened to what the broker is told.
+
+    ``published`` is None when no outcome was reached (shutdown before the handler started, or
+    the handler was cancelled), False when the event was not confirmed. Every terminal outcome
+    (``succeeded``, ``rejected``, ``failed``, ``rolled_back``, ``rollback_failed``) is acked:
+    retrying a ``failed`` change is the publisher's decision, made on the event it received.
+    """
+    if published is None:
+        return Settlement.release
+    if not published:
+        return Settlement.requeue
+    if poison:
+        return Settlement.dead_letter
+    return Settlement.ack
+
+
+async def settle(message: AbstractIncomingMessage, settlement: Settlement) -> bool:
+    """Tell the broker; the only place a request is acked, rejected or requeued.
+
+    A channel that died meanwhile is not an error: the broker has already returned the message
+    to the queue and redelivers it. Returns whether the broker was told.
+    """
+    try:
+        if settlement is Settlement.ack:
+            await message.ack()
+        elif settlement is Settlement.dead_letter:
+            await message.reject(requeue=False)
+        elif settlement is Settlement.requeue:
+            await message.nack(requeue=True)
+    except (AMQPError, ChannelInvalidStateError, OSError) as exc:
+        log.warning(
+            "request not settled: the channel is gone and the broker will redeliver it",
+            settlement=settlement.value,
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        return False
+    log.debug("request settled", settlement=settlement.value)
+    return True
+
+
+def outcome_for(exc: WorkerError) -> Outcome:
+    """A domain error the handler raised instead of returning it as data.
+
+    ``Rejected`` is ``rejected``; ``Failed``, ``Ambiguous`` and any other ``WorkerError`` are
+    ``failed`` (the error code says which; an escaped ``Ambiguous`` is a coordinator bug).
+    """
+    return Outcome.rejected if isinstance(exc, Rejected) else Outcome.failed
+
+
+async def run_handler(handler: Handler, delivery: Delivery) -> ResultData:
+    """The handler's result; never raises except on cancellation.
+
+    The coordinator returns every outcome as data. If a handler raises anyway, a domain error
+    becomes its outcome, and anything else is a bug: logged with its traceback and answered
+    with ``failed`` / ``internal_error`` so the loop, and the caller waiting on reply_to, go on.
+    """
+    request, request_id = delivery.request, delivery.request_id
+    assert request is not None and request_id is not None
+    try:
+        return await handler(request, request_id)
+    except WorkerError as exc:
+        log.warning("handler raised a domain error", code=exc.code, error=exc.message)
+        outcome, error = outcome_for(exc), exc.to_info()
+    except Exception as exc:
+        log.exception("handler crashed")
+        outcome = Outcome.failed
+        error = ErrorInfo(
+            code="internal_error",
+            message=redact_text(f"{type(exc).__name__}: {exc}"),
+            phase=Phase.prepare,
+        )
+    return ResultData(
+        requestId=request_id,
+        command=request.command,
+        outcome=outcome,
+        dryRun=request.dry_run,
+        error=error,
+    )
+
+
+def build_event(delivery: Delivery, data: ResultData, settings: Settings) -> ResultEvent:
+    """The CloudEvent for a result; ``correlationid`` carries the request id (CONTRACT §3)."""
+    event = make_event(
+        data,
+        operation=delivery.operation,
+        subject=delivery.subject,
+        event_key=delivery.event_key,
+        correlation_id=delivery.correlation_id,
+    )
+    if settings.event_source != event.source:
+        event = event.model_copy(update={"source": settings.event_source})
+    return event
+
+
+class _Consumer:
+    """Owns the processing tasks of one worker connection."""
+
+    def __init__(self, settings: Settings, handler: Handler, publisher: EventPublisher) -> None:
+        self._settings = settings
+        self._handler = handler
+        self._publisher = publisher
+        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.stopping = False
+
+    async def on_message(self, message: AbstractIncomingMessage) -> None:
+        """aio-pika's callback: hand the message to a task we own and return at once."""
+        self._track(asyncio.create_task(self._process(message)))
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("request task failed", exc_info=exc)
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        started = time.monotonic()
+        delivery = read_delivery(
+            message.body,
+            message_id=message.message_id,
+            routing_key=message.routing_key,
+            correlation_id=message.correlation_id,
+        )
+        with bind_request(delivery.request_id, delivery.subject, delivery.servers):
+            log.info(
+                "request received",
+                operation=delivery.operation,
+                redelivered=message.redelivered,
+                delivery_count=(message.headers or {}).get("x-delivery-count"),
+                rejected=delivery.rejection.code if delivery.rejection else None,
+            )
+            if delivery.rejection is not None:
+                data = ResultData(
+                    requestId=delivery.request_id,
+                    command=delivery.command,
+                    outcome=Outcome.rejected,
+                    dryRun=delivery.dry_run,
+                    error=delivery.rejection,
+                    durationMs=int((time.monotonic() - started) * 1000),
+                )
+            else:
+                async with self._slots:
+                    if self.stopping:
+                        log.info("shutting down: request left for redelivery")
+                        await settle(message, decide(published=None, poison=False))
+                        return
+                    data = await run_handler(self._handler, delivery)
+            event = build_event(delivery, data, self._settings)
+            tail = asyncio.create_task(self._publish_and_settle(message, delivery, event))
+            self._track(tail)
+            # Once the outcome exists, publishing it and acking must happen even if we are
+            # cancelled: the change is done and must not be repeated for nothing.
+            await asyncio.shield(tail)
+
+    async def _publish_and_settle(
+        self, message: AbstractIncomingMessage, delivery: Delivery, event: ResultEvent
+    ) -> None:
+        try:
+            await self._publisher.publish(
+                event,
+                reply_to=message.reply_to,
+                correlation_id=message.correlation_id or delivery.request_id,
+            )
+            published = True
+            log.info(
+                "result published",
+                outcome=event.data.outcome.value,
+                event_id=event.id,
+                code=event.data.error.code if event.data.error else None,
+            )
+        except PublishFailed as exc:
+            published = False
+            log.warning("result not confirmed; the request will be redelivered", error=str(exc))
+        await settle(message, decide(published=published, poison=delivery.poison))
+
+    async def drain(self) -> None:
+        """Wait for every task, including publish tails started while waiting."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def abort(self) -> None:
+        """Hard stop: cancel handlers (tails are shielded and finish), then wait for all."""
+        for task in list(self._tasks):
+            task.cancel()
+        await self.drain()
+
+
+async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) -> None:
+    """Consume requests until ``stop`` is set, then finish what is in flight and return.
+
+    On ``stop``: the consumer is cancelled (no new deliveries), changes already running finish
+    and their events are published and acked, prefetched requests not yet started are left
+    unacked (the broker hands them to another worker when the connection closes), and the
+    connection is closed. Raises if the broker cannot be reached at start; afterwards a lost
+    connection is re-established by aio-pika and the topology and consumer are restored.
+    """
+    log.info("connecting", amqp_url=redact_url(settings.amqp_url))
+    connection = await aio_pika.connect_robust(
+        settings.amqp_url,
+        client_properties={
+            "connection_name": f"dhcp-failover-worker {socket.gethostname()}:{os.getpid()}"
+        },
+    )
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        await channel.set_qos(prefetch_count=settings.prefetch)
+        topology = await declare_topology(channel, settings)
+        publisher = EventPublisher(topology.event_exchange, channel.default_exchange)
+        consumer = _Consumer(settings, handler, publisher)
+        tag = await topology.request_queue.consume(consumer.on_message)
+        log.info(
+            "worker started",
+            queue=settings.request_queue,
+            prefetch=settings.prefetch,
+            concurrency=settings.concurrency,
+        )
+        try:
+            await stop.wait()
+        except asyncio.CancelledError:
+            consumer.stopping = True
+            await consumer.abort()
+            raise
+        consumer.stopping = True
+        log.info("stopping: no new requests; finishing the ones in flight")
+        try:
+            await topology.request_queue.cancel(tag)
+        except (AMQPError, ChannelInvalidStateError, OSError) as exc:
+            log.warning("could not cancel the consumer", error=f"{type(exc).__name__}: {exc}")
+        await consumer.drain()
+    log.info("worker stopped")
+
+
+@contextmanager
+def stop_on_signals(
+    stop: asyncio.Event, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM / SIGINT while inside (for the CLI around :func:`run_worker`)."""
+    loop = asyncio.get_running_loop()
+
+    def request_stop(sig: signal.Signals) -> None:
+        log.info("signal received: stopping", signal=sig.name, already=stop.is_set())
+        stop.set()
+
+    for sig in signals:
+        loop.add_signal_handler(sig, request_stop, sig)
+    try:
+        yield
+    finally:
+        for sig in signals:
+            loop.remove_signal_handler(sig)
