@@ -42,10 +42,10 @@ async def publish_request(
     """Publish ``body`` persistently and, with ``wait`` seconds, return its result event.
 
     ``message_id`` defaults to the body's ``requestId`` (else a random UUID) and is also the
-    ``correlation_id`` the reply is matched on. Returns None without ``wait``. Raises
-    :class:`RequestNotRouted` when nothing is bound to ``routing_key``, ``TimeoutError`` when
-    no event arrives in time (the request stays queued; the worker still answers it later),
-    and ``pydantic.ValidationError`` for a reply that is not a result event.
+    ``correlation_id`` the reply is matched on. Returns None without ``wait``, and None when no
+    event arrives within ``wait`` seconds (the request stays queued; a worker still answers
+    it, on the event exchange). Raises :class:`RequestNotRouted` when nothing is bound to
+    ``routing_key`` and ``pydantic.ValidationError`` for a reply that is not a result event.
     """
     body_id = body.get("requestId")
     mid = message_id or (body_id if isinstance(body_id, str) and body_id else str(uuid.uuid4()))
@@ -81,9 +81,7 @@ async def publish_request(
         try:
             data = await asyncio.wait_for(reply, timeout=wait)
         except TimeoutError:
-            raise TimeoutError(
-                f"no result for request {mid!r} within {wait} s (it stays queued)"
-            ) from None
+            return None
         return decode_event(data)
 
 
