@@ -153,3 +153,22 @@ class Ambiguous(WorkerError):
 
     code = "ambiguous"
     default_phase = Phase.commit
+
+
+# -- appended by the transport: definite (non-ambiguous) refusals of a remote file operation ---
+
+
+class RemoteFileError(Failed):
+    """The server refused a file operation (permission denied, not a directory, ...).
+
+    Unlike :class:`Ambiguous`, the operation definitely did not happen.
+    """
+
+    code = "remote_file_error"
+
+
+class RemoteFileNotFound(RemoteFileError, FileNotFoundError):
+    """A remote file or directory an operation needs does not exist (also a FileNotFoundError,
+    so code written against the in-memory fake catches it the same way)."""
+
+    code = "remote_file_not_found"

@@ -1,0 +1,266 @@
+"""One behaviour suite, two implementations: the in-memory FakeHost and SshHost on real sshd.
+
+If the fake drifts from what the SSH adapter really does, these tests fail for one of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import posixpath
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Protocol
+
+import pytest
+
+from tests.fakes import FakeHost
+from tests.fixtures.sshd import LocalHostsFactory
+from worker.change.ports import RemoteHost
+from worker.demo import PRIMARY, sample_config
+from worker.demo.localhosts import LocalHost
+from worker.errors import Ambiguous, LockTimeout
+from worker.transport import SshFleet, SshOptions, load_inventory
+
+pytestmark = pytest.mark.timeout(60)
+
+CONF = sample_config("primary").encode()
+
+
+class Harness(Protocol):
+    """What a test needs beyond the protocol: set up failures and look behind the host's back."""
+
+    host: RemoteHost
+
+    def mode(self, path: str) -> int: ...
+    def set_mode(self, path: str, mode: int) -> None: ...
+    def fail_validate(self) -> None: ...
+    def fail_restart(self) -> None: ...
+    def hang_restart(self) -> None: ...
+    def restarts(self) -> int: ...
+
+
+@dataclass
+class FakeHarness:
+    host: FakeHost
+
+    def mode(self, path: str) -> int:
+        return self.host.modes[path]
+
+    def set_mode(self, path: str, mode: int) -> None:
+        self.host.modes[path] = mode
+
+    def fail_validate(self) -> None:
+        self.host.validator = lambda path, data: (False, f"{path} line 1: forced failure")
+
+    def fail_restart(self) -> None:
+        self.host.fail_restart = True
+
+    def hang_restart(self) -> None:
+        self.host.hang_restart = True
+
+    def restarts(self) -> int:
+        return self.host.restarts
+
+
+@dataclass
+class SshHarness:
+    host: RemoteHost
+    local: LocalHost
+
+    def mode(self, path: str) -> int:
+        return os.stat(path).st_mode & 0o7777
+
+    def set_mode(self, path: str, mode: int) -> None:
+        os.chmod(path, mode)
+
+    def fail_validate(self) -> None:
+        self.local.set_marker("fail-validate")
+
+    def fail_restart(self) -> None:
+        self.local.set_marker("fail-restart")
+
+    def hang_restart(self) -> None:
+        self.local.set_marker("hang-restart")
+
+    def restarts(self) -> int:
+        return len(self.local.restarts())
+
+
+@pytest.fixture(params=["fake", pytest.param("ssh", marks=pytest.mark.integration)])
+async def harness(
+    request: pytest.FixtureRequest, local_hosts: LocalHostsFactory
+) -> AsyncIterator[Harness]:
+    if request.param == "fake":
+        fake = FakeHost(PRIMARY)
+        fake.files[fake.config_path] = CONF
+        fake.modes[fake.config_path] = 0o644
+        yield FakeHarness(fake)
+        return
+    hosts = local_hosts({PRIMARY: CONF})
+    fleet = SshFleet(
+        load_inventory(hosts.inventory_path), SshOptions(connect_timeout=5, command_timeout=1.5)
+    )
+    try:
+        yield SshHarness(fleet.host(PRIMARY), hosts.hosts[PRIMARY])
+    finally:
+        await fleet.close()
+
+
+def _dir(h: Harness) -> str:
+    return posixpath.dirname(h.host.config_path)
+
+
+def _beside(h: Harness, name: str) -> str:
+    return posixpath.join(_dir(h), name)
+
+
+async def test_read_returns_the_live_bytes(harness: Harness) -> None:
+    assert await harness.host.read(harness.host.config_path) == CONF
+
+
+async def test_read_of_a_missing_file_returns_none(harness: Harness) -> None:
+    assert await harness.host.read(_beside(harness, "nope.conf")) is None
+
+
+async def test_write_creates_then_truncates_a_file(harness: Harness) -> None:
+    path = _beside(harness, "candidate.conf")
+    await harness.host.write(path, b"first version, rather long\n")
+    await harness.host.write(path, b"short\n")
+    assert await harness.host.read(path) == b"short\n"
+
+
+async def test_write_copies_the_mode_of_like(harness: Harness) -> None:
+    harness.set_mode(harness.host.config_path, 0o640)
+    path = _beside(harness, "candidate.conf")
+    await harness.host.write(path, b"x\n", like=harness.host.config_path)
+    assert harness.mode(path) == 0o640
+
+
+async def test_write_without_like_gets_mode_644(harness: Harness) -> None:
+    path = _beside(harness, "plain.conf")
+    await harness.host.write(path, b"x\n")
+    assert harness.mode(path) == 0o644
+
+
+async def test_write_round_trips_arbitrary_bytes(harness: Harness) -> None:
+    data = bytes(range(256)) * 300
+    path = _beside(harness, "binary.bin")
+    await harness.host.write(path, data)
+    assert await harness.host.read(path) == data
+
+
+async def test_replace_moves_the_candidate_over_the_live_file(harness: Harness) -> None:
+    live = harness.host.config_path
+    candidate = _beside(harness, "candidate.conf")
+    await harness.host.write(candidate, CONF + b"# changed\n", like=live)
+    await harness.host.replace(candidate, live)
+    assert await harness.host.read(live) == CONF + b"# changed\n"
+    assert await harness.host.read(candidate) is None
+    assert "candidate.conf" not in await harness.host.listdir(_dir(harness))
+
+
+async def test_replace_of_a_missing_source_raises_file_not_found(harness: Harness) -> None:
+    with pytest.raises(FileNotFoundError):
+        await harness.host.replace(_beside(harness, "missing.conf"), harness.host.config_path)
+    assert await harness.host.read(harness.host.config_path) == CONF
+
+
+async def test_remove_deletes_and_tolerates_a_missing_file(harness: Harness) -> None:
+    path = _beside(harness, "old.bak")
+    await harness.host.write(path, b"old\n")
+    await harness.host.remove(path)
+    assert await harness.host.read(path) is None
+    await harness.host.remove(path)
+
+
+async def test_listdir_names_the_entries_of_the_config_dir(harness: Harness) -> None:
+    await harness.host.write(_beside(harness, "a.conf"), b"a\n")
+    names = await harness.host.listdir(_dir(harness))
+    assert {"a.conf", posixpath.basename(harness.host.config_path)} <= set(names)
+    assert names == sorted(names)
+    assert not any("/" in n for n in names)
+    assert not [n for n in names if n.endswith(".tmp")]
+
+
+async def test_validate_accepts_a_good_candidate(harness: Harness) -> None:
+    candidate = _beside(harness, "candidate.conf")
+    await harness.host.write(candidate, CONF)
+    result = await harness.host.validate(candidate)
+    assert result.ok, result.stderr
+    assert result.exit_status == 0
+
+
+async def test_validate_reports_a_refused_candidate_as_a_result_not_an_exception(
+    harness: Harness,
+) -> None:
+    harness.fail_validate()
+    candidate = _beside(harness, "candidate.conf")
+    await harness.host.write(candidate, CONF)
+    result = await harness.host.validate(candidate)
+    assert not result.ok
+    assert result.exit_status not in (0, None)
+    assert "candidate.conf line 1" in result.stdout + result.stderr
+
+
+async def test_restart_succeeds_and_is_recorded(harness: Harness) -> None:
+    result = await harness.host.restart()
+    assert result.ok, result.stderr
+    assert harness.restarts() == 1
+
+
+async def test_restart_failure_is_a_result_with_its_output(harness: Harness) -> None:
+    harness.fail_restart()
+    result = await harness.host.restart()
+    assert not result.ok
+    assert "failed" in result.stderr
+
+
+async def test_hanging_restart_is_ambiguous_not_success(harness: Harness) -> None:
+    harness.hang_restart()
+    started = time.monotonic()
+    with pytest.raises(Ambiguous) as caught:
+        await harness.host.restart()
+    assert caught.value.server == PRIMARY
+    assert time.monotonic() - started < 10
+
+
+async def test_lock_excludes_a_second_holder_and_the_wait_is_bounded(harness: Harness) -> None:
+    async with harness.host.lock(5):
+        started = time.monotonic()
+        with pytest.raises(LockTimeout) as caught:
+            async with harness.host.lock(0.3):
+                pytest.fail("second holder got the lock")
+        waited = time.monotonic() - started
+        assert caught.value.server == PRIMARY
+        assert 0.25 <= waited < 5
+    async with harness.host.lock(2):
+        pass
+
+
+async def test_lock_is_released_when_the_body_raises(harness: Harness) -> None:
+    with pytest.raises(RuntimeError):
+        async with harness.host.lock(2):
+            raise RuntimeError("change failed")
+    async with harness.host.lock(1):
+        pass
+
+
+async def test_lock_waiter_gets_the_lock_once_the_holder_releases(harness: Harness) -> None:
+    order: list[str] = []
+    holding = asyncio.Event()
+
+    async def holder() -> None:
+        async with harness.host.lock(5):
+            holding.set()
+            await asyncio.sleep(0.3)
+            order.append("holder done")
+
+    async def waiter() -> None:
+        await holding.wait()
+        async with harness.host.lock(5):
+            order.append("waiter in")
+
+    await asyncio.gather(holder(), waiter())
+    assert order == ["holder done", "waiter in"]

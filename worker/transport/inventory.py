@@ -1,0 +1,265 @@
+"""The inventory (CONTRACT.md §4): the only servers the worker will ever contact.
+
+A TOML file with one ``[servers."NAME"]`` table per DHCP server. It is validated strictly at
+load time -- unknown keys are errors, client keys and known_hosts must exist -- because a typo
+found when a change is half-way through is far more expensive than one found at start-up.
+Every error names the file, the server and the field.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import posixpath
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+DEFAULT_VALIDATE_COMMAND = "dhcpd -t -cf {path}"
+LOCK_FILE_NAME = ".dhcp-failover.lock"
+
+
+class InventoryError(ValueError):
+    """The inventory file is missing, not TOML, or invalid. Names file, server and field."""
+
+    def __init__(
+        self, file: Path | str, message: str, *, server: str | None = None, field: str | None = None
+    ) -> None:
+        self.file = str(file)
+        self.server = server
+        self.field = field
+        where = [f"inventory {self.file}"]
+        if server is not None:
+            where.append(f"server {server!r}")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__(f"{': '.join(where)}: {message}")
+
+
+def _absolute_posix(value: str) -> str:
+    if not value or "\0" in value or "\n" in value:
+        raise ValueError("must be a non-empty path without NUL or newline characters")
+    if not posixpath.isabs(value):
+        raise ValueError(f"must be an absolute path on the server, not {value!r}")
+    if value.endswith("/"):
+        raise ValueError(f"must name a file, not a directory: {value!r}")
+    return posixpath.normpath(value)
+
+
+class ServerEntry(BaseModel):
+    """One DHCP server: how to reach it and which commands manage its dhcpd."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(min_length=1, description="Address or DNS name sshd listens on.")
+    port: int = Field(default=22, ge=1, le=65535)
+    username: str = Field(min_length=1)
+    client_keys: tuple[Path, ...] = Field(min_length=1, description="Private key files.")
+    known_hosts: Path = Field(description="OpenSSH known_hosts file that must list the host key.")
+    config_path: str = Field(description="Absolute path of the live dhcpd.conf on the server.")
+    validate_command: str = Field(
+        default=DEFAULT_VALIDATE_COMMAND,
+        description="Checks a candidate; `{path}` becomes the shell-quoted candidate path.",
+    )
+    restart_command: str = Field(min_length=1)
+    verify_command: str | None = Field(
+        default=None, description="Run after a successful restart in the same exec."
+    )
+    addresses: tuple[str, ...] = Field(
+        default=(), description="Other addresses of this server, as failover `peer address`."
+    )
+    lock_path: str | None = Field(
+        default=None, description=f"Change-lock file; default <config dir>/{LOCK_FILE_NAME}."
+    )
+
+    @field_validator("client_keys", "known_hosts", mode="after")
+    @classmethod
+    def _resolve_local_files(cls, value: Any, info: ValidationInfo) -> Any:
+        """Relative paths are relative to the inventory file; the files must exist now."""
+        base = (info.context or {}).get("base_dir")
+        check = (info.context or {}).get("check_files", True)
+
+        def resolve(p: Path) -> Path:
+            p = p.expanduser()
+            if not p.is_absolute() and base is not None:
+                p = Path(base) / p
+            if check and not p.is_file():
+                raise ValueError(f"file not found: {p}")
+            return p
+
+        if isinstance(value, tuple):
+            return tuple(resolve(p) for p in value)
+        return resolve(value)
+
+    @field_validator("config_path", mode="after")
+    @classmethod
+    def _config_path_absolute(cls, value: str) -> str:
+        return _absolute_posix(value)
+
+    @field_validator("lock_path", mode="after")
+    @classmethod
+    def _lock_path_absolute(cls, value: str | None) -> str | None:
+        return None if value is None else _absolute_posix(value)
+
+    @field_validator("validate_command", mode="after")
+    @classmethod
+    def _validate_takes_path(cls, value: str) -> str:
+        if "{path}" not in value:
+            raise ValueError("must contain {path}, where the candidate file is substituted")
+        return value
+
+    @field_validator("verify_command", mode="after")
+    @classmethod
+    def _verify_not_blank(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("must not be blank (omit it instead)")
+        return value
+
+    @property
+    def effective_lock_path(self) -> str:
+        return self.lock_path or posixpath.join(posixpath.dirname(self.config_path), LOCK_FILE_NAME)
+
+    def host_matches(self, addresses: tuple[str, ...]) -> bool:
+        return any(_same_address(self.host, a) for a in addresses)
+
+
+class Inventory(BaseModel):
+    """Servers by name. Only these are ever contacted; any other name is ``UnknownServer``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    servers: dict[str, ServerEntry] = Field(min_length=1)
+    _source: Path | None = PrivateAttr(default=None)
+
+    @field_validator("servers", mode="before")
+    @classmethod
+    def _names_are_plain(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            for name in value:
+                if not isinstance(name, str) or not name or any(c.isspace() for c in name):
+                    raise ValueError(f"server name {name!r} must be non-empty without whitespace")
+        return value
+
+    @model_validator(mode="after")
+    def _addresses_unambiguous(self) -> Inventory:
+        """Two servers claiming one address would make partner lookup a coin toss.
+
+        Hosts may be shared (several sshds on one address, different ports); names and
+        ``addresses`` may not, and no ``addresses`` entry may be another server's host.
+        """
+        owner: dict[str, str] = {}
+        for name, entry in self.servers.items():
+            for address in {_normalise(a) for a in (name, *entry.addresses)}:
+                other = owner.setdefault(address, name)
+                if other != name:
+                    raise ValueError(f"address {address} is claimed by both {other!r} and {name!r}")
+        for name, entry in self.servers.items():
+            for other, other_entry in self.servers.items():
+                if other != name and other_entry.host_matches(entry.addresses):
+                    raise ValueError(
+                        f"{name!r} lists {other_entry.host} in addresses; it is {other!r}'s host"
+                    )
+        return self
+
+    @property
+    def source(self) -> Path | None:
+        """The file this inventory was loaded from, if any."""
+        return self._source
+
+    def server(self, name: str) -> ServerEntry | None:
+        return self.servers.get(name)
+
+    def server_for_address(self, address: str) -> str | None:
+        """The inventory name whose name, ``addresses`` entry or host is ``address``.
+
+        A host shared by several servers (different ports) identifies none of them.
+        """
+        for name, entry in self.servers.items():
+            if _same_address(address, name) or any(
+                _same_address(address, a) for a in entry.addresses
+            ):
+                return name
+        by_host = [n for n, e in self.servers.items() if _same_address(address, e.host)]
+        return by_host[0] if len(by_host) == 1 else None
+
+
+def _normalise(address: str) -> str:
+    text = address.strip()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        return text.lower().rstrip(".")
+
+
+def _same_address(a: str, b: str) -> bool:
+    return _normalise(a) == _normalise(b)
+
+
+def load_inventory(path: Path | str, *, check_files: bool = True) -> Inventory:
+    """Read and validate an inventory file; raise :class:`InventoryError` on any problem.
+
+    ``check_files=False`` skips the existence check of client keys and known_hosts (for tools
+    that only need names and paths, never a connection).
+    """
+    file = Path(path).expanduser().resolve()
+    try:
+        raw = tomllib.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InventoryError(file, "file not found") from None
+    except OSError as e:
+        raise InventoryError(file, f"cannot read: {e.strerror or e}") from None
+    except UnicodeDecodeError as e:
+        raise InventoryError(file, f"not UTF-8 text: {e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise InventoryError(file, f"not valid TOML: {e}") from None
+    return parse_inventory(raw, file, check_files=check_files)
+
+
+def parse_inventory(
+    raw: Mapping[str, Any], file: Path | str, *, check_files: bool = True
+) -> Inventory:
+    """Validate already-parsed TOML data; ``file`` names it in errors and anchors relative paths."""
+    file = Path(file)
+    try:
+        inventory = Inventory.model_validate(
+            raw, context={"base_dir": file.parent, "check_files": check_files}
+        )
+    except ValidationError as e:
+        raise _inventory_error(file, e) from None
+    inventory._source = file
+    return inventory
+
+
+def _inventory_error(file: Path, error: ValidationError) -> InventoryError:
+    """Turn pydantic's locations into file / server / field; list every problem."""
+    problems: list[tuple[str | None, str | None, str]] = []
+    for item in error.errors(include_url=False):
+        loc = [str(p) for p in item["loc"]]
+        server = field = None
+        if len(loc) >= 2 and loc[0] == "servers":
+            server = loc[1]
+            field = ".".join(loc[2:]) or None
+        elif loc:
+            field = ".".join(loc)
+        message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field (not allowed)"
+        problems.append((server, field, message))
+    server, field, message = problems[0]
+    if len(problems) > 1:
+        more = "; ".join(
+            f"{s + ': ' if s else ''}{f + ': ' if f else ''}{m}" for s, f, m in problems[1:]
+        )
+        message = f"{message} (and {len(problems) - 1} more: {more})"
+    return InventoryError(file, message, server=server, field=field)

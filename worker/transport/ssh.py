@@ -1,0 +1,688 @@
+"""The SSH adapter: :class:`SshHost` implements ``RemoteHost``, :class:`SshFleet` ``Fleet``.
+
+What the remote account needs
+-----------------------------
+* Key authentication for ``username`` with one of ``client_keys``; the server's host key listed
+  in the inventory's ``known_hosts`` (an unknown or changed key is refused, never learned).
+* The SFTP subsystem (OpenSSH's default ``Subsystem sftp``) with the ``posix-rename@openssh.com``
+  extension; all file work goes over one SFTP session per connection.
+* Write access to the directory holding ``config_path``: candidates, backups and the lock file
+  are created next to the live file so renames stay atomic and on one filesystem (and inside
+  what an AppArmor profile for dhcpd allows). To keep the live file's owner on a replace the
+  account must own it or be root; otherwise writes fail rather than silently change owner.
+* ``flock`` (util-linux), ``sh`` and ``cat`` on its PATH, for the change lock.
+* The ``validate_command`` (default ``dhcpd -t -cf {path}``), ``restart_command`` and optional
+  ``verify_command`` allowed to it (root, or sudo rules without a password prompt or tty).
+* Ideally ``ClientAliveInterval`` in sshd_config, so a lock held by a worker that vanished
+  without closing its TCP connection is released within a bounded time.
+
+Each exec pays the account's shell start-up files, so an operation costs at most one exec:
+validate is one, restart-and-verify is one (``restart && verify``), taking the lock is one
+long-lived exec; reads, writes, renames, removes and listings are SFTP requests.
+
+Failure mapping: cannot connect / authenticate -> ``Unreachable``; host key not trusted ->
+``HostKeyMismatch``; a command past its timeout, or a connection lost in the middle of a
+mutating step -> ``Ambiguous``; a refused file operation -> ``RemoteFileError``
+(``RemoteFileNotFound`` for a missing file).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import posixpath
+import shlex
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from types import MappingProxyType, TracebackType
+from typing import NoReturn, TypeVar
+
+import asyncssh
+import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
+
+from worker.change.ports import CommandResult
+from worker.errors import (
+    Ambiguous,
+    CommandFailed,
+    HostKeyMismatch,
+    LockTimeout,
+    RemoteFileError,
+    RemoteFileNotFound,
+    UnknownServer,
+    Unreachable,
+)
+from worker.settings import Settings
+from worker.transport.inventory import Inventory, ServerEntry
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+LOCK_BUSY_EXIT = 75
+"""flock's exit status when the lock stays busy (``-E``); EX_TEMPFAIL."""
+
+# Errors meaning "the connection or channel went away", as opposed to a definite refusal.
+_CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
+    asyncssh.DisconnectError,
+    asyncssh.ChannelOpenError,
+    asyncssh.SFTPConnectionLost,
+    asyncssh.SFTPNoConnection,
+    BrokenPipeError,
+    ConnectionError,
+    EOFError,
+)
+_START_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_CONNECTION_ERRORS)
+
+
+@dataclass(frozen=True)
+class SshOptions:
+    """Timeouts and keepalive for every connection of a fleet."""
+
+    connect_timeout: float = 10.0
+    command_timeout: float = 60.0
+    keepalive_interval: float = 15.0
+    keepalive_count_max: int = 3
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SshOptions:
+        return cls(
+            connect_timeout=settings.connect_timeout, command_timeout=settings.command_timeout
+        )
+
+
+class _Gone(Exception):
+    """Internal: the pooled connection died before the step was sent; safe to retry once."""
+
+
+class _HeldLock:
+    """A change lock: the remote ``flock`` process and the connection it lives on."""
+
+    def __init__(
+        self, conn: asyncssh.SSHClientConnection, process: asyncssh.SSHClientProcess[str]
+    ) -> None:
+        self.conn = conn
+        self.process = process
+
+    @property
+    def lost(self) -> bool:
+        return (
+            self.conn.is_closed()
+            or self.process.is_closing()
+            or self.process.exit_status is not None
+        )
+
+
+# Locks held by the current task (and tasks it spawns): host -> lock. Lets every operation
+# refuse to run on a host whose lock silently disappeared with its connection, instead of
+# reconnecting and carrying on without mutual exclusion.
+_HELD_LOCKS: contextvars.ContextVar[Mapping[SshHost, _HeldLock]] = contextvars.ContextVar(
+    "dhcp_failover_held_locks", default=MappingProxyType({})
+)
+
+
+class SshHost:
+    """One inventory server over a pooled asyncssh connection (reconnected when it dies).
+
+    Safe to share between concurrent changes: SSH multiplexes channels and SFTP requests.
+    """
+
+    def __init__(self, name: str, server: ServerEntry, options: SshOptions | None = None) -> None:
+        self._name = name
+        self._server = server
+        self._options = options or SshOptions()
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._pool_lock = asyncio.Lock()
+        self.connections_opened = 0
+        """Handshakes done so far: a warm host does none (for metrics and tests)."""
+
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def config_path(self) -> str:
+        return self._server.config_path
+
+    @property
+    def server(self) -> ServerEntry:
+        return self._server
+
+    def __repr__(self) -> str:
+        s = self._server
+        return f"SshHost({self._name!r}, {s.username}@{s.host}:{s.port})"
+
+    # -- connection pool ------------------------------------------------------------------------
+
+    async def _connection(self) -> asyncssh.SSHClientConnection:
+        async with self._pool_lock:
+            if self._conn is not None and not self._conn.is_closed():
+                return self._conn
+            self._conn, self._sftp = None, None
+            self._conn = await self._connect()
+            return self._conn
+
+    async def _sftp_client(self) -> asyncssh.SFTPClient:
+        conn = await self._connection()
+        async with self._pool_lock:
+            if self._sftp is not None and self._conn is conn:
+                return self._sftp
+            try:
+                sftp = await asyncio.wait_for(
+                    conn.start_sftp_client(), self._options.connect_timeout
+                )
+            except (TimeoutError, asyncssh.Error, OSError) as e:
+                raise Unreachable(
+                    f"{self._name}: SFTP subsystem not available ({_reason(e)}); "
+                    "enable `Subsystem sftp` in the server's sshd_config",
+                    server=self._name,
+                ) from e
+            if self._conn is conn:
+                self._sftp = sftp
+            return sftp
+
+    def _forget(self, conn: asyncssh.SSHClientConnection | None = None) -> None:
+        """Drop a dead connection from the pool so the next step reconnects."""
+        current = self._conn
+        if (conn is None or current is conn) and current is not None and current.is_closed():
+            self._conn, self._sftp = None, None
+
+    def _reset_sftp(self) -> None:
+        """Abandon a stuck SFTP session (the connection itself may be fine)."""
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            sftp.exit()
+
+    async def _connect(self) -> asyncssh.SSHClientConnection:
+        s = self._server
+        target = f"{s.username}@{s.host}:{s.port}"
+        started = time.monotonic()
+        try:
+            conn = await asyncio.wait_for(
+                asyncssh.connect(
+                    s.host,
+                    s.port,
+                    username=s.username,
+                    client_keys=[str(k) for k in s.client_keys],
+                    known_hosts=str(s.known_hosts),
+                    config=None,  # never read ~/.ssh/config: the inventory is the whole truth
+                    agent_path=None,
+                    password_auth=False,
+                    kbdint_auth=False,
+                    host_based_auth=False,
+                    gss_auth=False,
+                    gss_kex=False,
+                    public_key_auth=True,
+                    connect_timeout=self._options.connect_timeout,
+                    keepalive_interval=self._options.keepalive_interval,
+                    keepalive_count_max=self._options.keepalive_count_max,
+                ),
+                self._options.connect_timeout,
+            )
+        except asyncssh.HostKeyNotVerifiable as e:
+            raise HostKeyMismatch(self._host_key_message(), server=self._name) from e
+        except asyncssh.PermissionDenied as e:
+            raise Unreachable(
+                f"{self._name}: {target} refused key authentication with "
+                f"{', '.join(str(k) for k in s.client_keys)}; add the public key to the "
+                "account's authorized_keys",
+                server=self._name,
+            ) from e
+        except asyncssh.DisconnectError as e:
+            raise Unreachable(
+                f"{self._name}: {target} closed the SSH connection: {_reason(e)}",
+                server=self._name,
+            ) from e
+        except TimeoutError as e:
+            raise Unreachable(
+                f"{self._name}: no SSH answer from {target} within "
+                f"{self._options.connect_timeout:g}s (host down or filtered?)",
+                server=self._name,
+            ) from e
+        except OSError as e:
+            raise Unreachable(
+                f"{self._name}: cannot connect to {target}: {_reason(e)}", server=self._name
+            ) from e
+        except (asyncssh.KeyImportError, ValueError) as e:
+            raise Unreachable(
+                f"{self._name}: cannot load client key(s) {', '.join(map(str, s.client_keys))}: "
+                f"{e} (keys must be unencrypted)",
+                server=self._name,
+            ) from e
+        self.connections_opened += 1
+        log.debug(
+            "ssh.connected",
+            server=self._name,
+            target=target,
+            ms=int((time.monotonic() - started) * 1000),
+        )
+        return conn
+
+    def _host_key_message(self) -> str:
+        """Say whether the key is unknown or changed: the operator's next step differs."""
+        s = self._server
+        try:
+            trusted = asyncssh.read_known_hosts(str(s.known_hosts)).match(s.host, "", s.port)[0]
+        except (OSError, ValueError):
+            trusted = []
+        entry = s.host if s.port == 22 else f"[{s.host}]:{s.port}"
+        if trusted:
+            return (
+                f"{self._name}: host key of {entry} does not match the one in {s.known_hosts} "
+                "(server reinstalled, or someone in the middle?); verify it out of band "
+                "before updating known_hosts"
+            )
+        return (
+            f"{self._name}: host key of {entry} is not in {s.known_hosts}; add it after "
+            "verifying its fingerprint (e.g. ssh-keyscan, compared with the server's console)"
+        )
+
+    def _check_lock(self) -> None:
+        """Refuse to act for a change whose lock on this host vanished with its connection."""
+        held = _HELD_LOCKS.get().get(self)
+        if held is not None and held.lost:
+            raise Ambiguous(
+                f"{self._name}: the change lock was lost (its SSH connection dropped); "
+                "refusing to continue without it",
+                server=self._name,
+            )
+
+    # -- file operations (SFTP) -----------------------------------------------------------------
+
+    async def _sftp_call(
+        self,
+        what: str,
+        op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
+        *,
+        mutating: bool,
+    ) -> T:
+        """Run one SFTP step with the timeout and the failure mapping of the module docstring.
+
+        A read on a connection that turns out dead is retried once on a fresh one; a mutating
+        step is retried only if the connection was already known dead before it was sent.
+        """
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(2), retry=retry_if_exception_type(_Gone), reraise=True
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._sftp_once(what, op, mutating=mutating)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _sftp_once(
+        self,
+        what: str,
+        op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
+        *,
+        mutating: bool,
+    ) -> T:
+        self._check_lock()
+        sftp = await self._sftp_client()
+        conn = self._conn
+        try:
+            async with asyncio.timeout(self._options.command_timeout):
+                return await op(sftp)
+        except asyncssh.SFTPNoSuchFile as e:
+            raise RemoteFileNotFound(f"{self._name}: {what}: {e.reason}", server=self._name) from e
+        except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection) as e:
+            self._lost(what, e, conn, mutating=mutating)
+        except asyncssh.SFTPError as e:
+            raise RemoteFileError(f"{self._name}: {what}: {e.reason}", server=self._name) from e
+        except TimeoutError as e:
+            self._reset_sftp()
+            cls = Ambiguous if mutating else Unreachable
+            raise cls(
+                f"{self._name}: {what} got no answer within {self._options.command_timeout:g}s",
+                server=self._name,
+            ) from e
+        except _CONNECTION_ERRORS as e:
+            self._lost(what, e, conn, mutating=mutating)
+
+    def _lost(
+        self,
+        what: str,
+        error: BaseException,
+        conn: asyncssh.SSHClientConnection | None,
+        *,
+        mutating: bool,
+    ) -> NoReturn:
+        """The connection broke under a step: retry reads, call writes ambiguous."""
+        self._forget(conn)
+        self._reset_sftp()
+        if not mutating:
+            raise _Gone(str(error)) from error
+        raise Ambiguous(
+            f"{self._name}: connection lost during {what}; it may or may not have happened",
+            server=self._name,
+        ) from error
+
+    async def read(self, path: str) -> bytes | None:
+        async def op(sftp: asyncssh.SFTPClient) -> bytes | None:
+            try:
+                async with sftp.open(path, "rb") as f:
+                    data: bytes = await f.read()
+                    return data
+            except asyncssh.SFTPNoSuchFile:
+                return None
+
+        return await self._reads(f"read {path}", op)
+
+    async def _reads(self, what: str, op: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
+        try:
+            return await self._sftp_call(what, op, mutating=False)
+        except _Gone as e:
+            raise Unreachable(
+                f"{self._name}: connection lost twice during {what}", server=self._name
+            ) from e
+
+    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
+        """Write via a hidden temp file renamed over ``path``: never a half-written ``path``."""
+        directory, base = posixpath.split(path)
+        tmp = posixpath.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            mode, owner = 0o644, None
+            if like is not None:
+                with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                    attrs = await sftp.stat(like)
+                    if attrs.permissions is not None:
+                        mode = attrs.permissions & 0o7777
+                    if attrs.uid is not None and attrs.gid is not None:
+                        owner = (attrs.uid, attrs.gid)
+            try:
+                async with sftp.open(tmp, "xb", asyncssh.SFTPAttrs(permissions=0o600)) as f:
+                    await f.write(data)
+                    if owner is not None:
+                        await self._chown(f, owner, path, like)
+                    await f.setstat(asyncssh.SFTPAttrs(permissions=mode))
+                    with contextlib.suppress(asyncssh.SFTPOpUnsupported):
+                        await f.fsync()
+                await sftp.posix_rename(tmp, path)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    async with asyncio.timeout(5):
+                        await sftp.remove(tmp)
+                raise
+
+        await self._sftp_call(f"write {path}", op, mutating=True)
+
+    async def _chown(
+        self, f: asyncssh.SFTPClientFile, owner: tuple[int, int], path: str, like: str | None
+    ) -> None:
+        """Copy the owner; a non-root account may fail to, which is fine only if it matches."""
+        try:
+            await f.chown(*owner)
+        except asyncssh.SFTPError as e:
+            current = await f.stat()
+            if (current.uid, current.gid) != owner:
+                raise RemoteFileError(
+                    f"{self._name}: cannot give {path} the owner {owner[0]}:{owner[1]} of "
+                    f"{like} ({e.reason}); the account must own the config or be root",
+                    server=self._name,
+                ) from e
+
+    async def replace(self, src: str, dst: str) -> None:
+        await self._sftp_call(
+            f"rename {src} over {dst}",
+            lambda sftp: sftp.posix_rename(src, dst),
+            mutating=True,
+        )
+
+    async def remove(self, path: str) -> None:
+        async def op(sftp: asyncssh.SFTPClient) -> None:
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                await sftp.remove(path)
+
+        await self._sftp_call(f"remove {path}", op, mutating=True)
+
+    async def listdir(self, directory: str) -> list[str]:
+        async def op(sftp: asyncssh.SFTPClient) -> list[str]:
+            names = await sftp.listdir(directory)
+            return sorted(str(n) for n in names if n not in (".", ".."))
+
+        return await self._reads(f"list {directory}", op)
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def validate(self, path: str) -> CommandResult:
+        return await self._run(_substitute(self._server.validate_command, path))
+
+    async def restart(self) -> CommandResult:
+        """Restart and verify in one exec: the shell start-up cost is paid once."""
+        s = self._server
+        command = _substitute(s.restart_command, s.config_path)
+        if s.verify_command is not None:
+            command = f"{command} && {_substitute(s.verify_command, s.config_path)}"
+        return await self._run(command)
+
+    async def _start(
+        self, command: str
+    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[str]]:
+        """Open an exec channel; if the pooled connection was dead, nothing ran: retry once."""
+        for attempt in (1, 2):
+            self._check_lock()
+            conn = await self._connection()
+            try:
+                async with asyncio.timeout(self._options.connect_timeout):
+                    process: asyncssh.SSHClientProcess[str] = await conn.create_process(
+                        command, encoding="utf-8", errors="replace"
+                    )
+                return conn, process
+            except _START_ERRORS as e:
+                self._forget(conn)
+                if attempt == 2 or not conn.is_closed():
+                    raise Unreachable(
+                        f"{self._name}: cannot start a command: {_reason(e)}", server=self._name
+                    ) from e
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run(self, command: str) -> CommandResult:
+        started = time.monotonic()
+        _conn, process = await self._start(command)
+        process.stdin.write_eof()
+        try:
+            async with asyncio.timeout(self._options.command_timeout):
+                done = await process.wait(check=False)
+        except TimeoutError as e:
+            _abandon(process)
+            raise Ambiguous(
+                f"{self._name}: `{command}` did not finish within "
+                f"{self._options.command_timeout:g}s; its effect is unknown",
+                server=self._name,
+                detail={"command": command},
+            ) from e
+        except _CONNECTION_ERRORS as e:
+            self._forget()
+            raise Ambiguous(
+                f"{self._name}: connection lost while `{command}` ran; its effect is unknown",
+                server=self._name,
+                detail={"command": command},
+            ) from e
+        status = done.exit_status
+        return CommandResult(
+            command=command,
+            exit_status=None
+            if done.exit_signal is not None or status is None or status < 0
+            else status,
+            stdout=_text(done.stdout),
+            stderr=_text(done.stderr),
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+
+    # -- change lock ----------------------------------------------------------------------------
+
+    def lock(self, timeout: float) -> AbstractAsyncContextManager[None]:
+        """``flock`` on the lock file, held by a long-lived exec whose stdin we keep open.
+
+        Closing the channel (or the worker dying, which closes the connection) ends ``cat``,
+        so ``flock`` exits and the lock is free again; nothing is left to clean up by hand.
+        """
+        return _ChangeLock(self, timeout)
+
+    async def _acquire(self, wait_seconds: float) -> _HeldLock:
+        path = self._server.effective_lock_path
+        wait = max(wait_seconds, 0.0)
+        command = (
+            f"flock -E {LOCK_BUSY_EXIT} -w {wait:.3f} {shlex.quote(path)} "
+            f"-c {shlex.quote('echo locked; exec cat >/dev/null')}"
+        )
+        conn, process = await self._start(command)
+        try:
+            async with asyncio.timeout(wait + self._options.connect_timeout):
+                line = await process.stdout.readline()
+        except TimeoutError as e:
+            _abandon(process)
+            raise LockTimeout(
+                f"{self._name}: change lock {path} not obtained within {wait:g}s",
+                server=self._name,
+            ) from e
+        except _CONNECTION_ERRORS as e:
+            self._forget(conn)
+            raise Unreachable(
+                f"{self._name}: connection lost while taking the change lock: {_reason(e)}",
+                server=self._name,
+            ) from e
+        if line.strip() == "locked":
+            log.debug("ssh.locked", server=self._name, path=path)
+            return _HeldLock(conn, process)
+        with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
+            async with asyncio.timeout(self._options.connect_timeout):
+                await process.wait(check=False)
+        stderr = _text(await _drain(process.stderr))
+        process.close()
+        if process.exit_status == LOCK_BUSY_EXIT:
+            raise LockTimeout(
+                f"{self._name}: change lock {path} is held by another change; "
+                f"not obtained within {wait:g}s",
+                server=self._name,
+            )
+        raise CommandFailed(
+            f"{self._name}: cannot take change lock {path}: {stderr.strip() or 'no output'} "
+            f"(exit {process.exit_status}); the account needs flock and write access there",
+            server=self._name,
+            detail={"command": command, "exit_status": process.exit_status, "stderr": stderr},
+        )
+
+    async def _release(self, held: _HeldLock) -> None:
+        """Close flock's stdin and wait (briefly) until it has exited: the lock is free."""
+        process = held.process
+        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+            if not held.lost:
+                process.stdin.write_eof()
+                async with asyncio.timeout(self._options.connect_timeout):
+                    await process.wait(check=False)
+        process.close()
+        log.debug("ssh.unlocked", server=self._name)
+
+    async def close(self) -> None:
+        """Close the pooled connection (locks held on it are released by the server)."""
+        async with self._pool_lock:
+            conn, self._conn, self._sftp = self._conn, None, None
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self._options.connect_timeout):
+                    await conn.wait_closed()
+
+
+class _ChangeLock(AbstractAsyncContextManager[None]):
+    def __init__(self, host: SshHost, timeout: float) -> None:
+        self._host = host
+        self._timeout = timeout
+        self._held: _HeldLock | None = None
+        self._token: contextvars.Token[Mapping[SshHost, _HeldLock]] | None = None
+
+    async def __aenter__(self) -> None:
+        self._held = await self._host._acquire(self._timeout)
+        self._token = _HELD_LOCKS.set({**_HELD_LOCKS.get(), self._host: self._held})
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._token is not None:
+            try:
+                _HELD_LOCKS.reset(self._token)
+            except ValueError:  # exited in another context than entered
+                _HELD_LOCKS.set({h: v for h, v in _HELD_LOCKS.get().items() if h is not self._host})
+        if self._held is not None:
+            await asyncio.shield(self._host._release(self._held))
+
+
+class SshFleet:
+    """The inventory's servers over SSH: one pooled :class:`SshHost` per server name."""
+
+    def __init__(self, inventory: Inventory, settings: Settings | SshOptions | None = None) -> None:
+        if isinstance(settings, Settings):
+            options = SshOptions.from_settings(settings)
+        else:
+            options = settings or SshOptions()
+        self._inventory = inventory
+        self._hosts = {name: SshHost(name, s, options) for name, s in inventory.servers.items()}
+
+    @property
+    def inventory(self) -> Inventory:
+        return self._inventory
+
+    def host(self, name: str) -> SshHost:
+        try:
+            return self._hosts[name]
+        except KeyError:
+            raise UnknownServer(f"server {name!r} is not in the inventory", server=name) from None
+
+    def server_for_address(self, address: str) -> str | None:
+        return self._inventory.server_for_address(address)
+
+    async def close(self) -> None:
+        await asyncio.gather(*(h.close() for h in self._hosts.values()))
+
+    async def __aenter__(self) -> SshFleet:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _substitute(template: str, path: str) -> str:
+    """Put the shell-quoted ``path`` where ``{path}`` stands; nothing else is interpolated."""
+    return template.replace("{path}", shlex.quote(path))
+
+
+def _abandon(process: asyncssh.SSHClientProcess[str]) -> None:
+    """Ask sshd to signal the command's process group, then drop the channel."""
+    with contextlib.suppress(OSError, asyncssh.Error):
+        process.send_signal("TERM")
+    process.close()
+
+
+async def _drain(stream: asyncssh.SSHReader[str]) -> str:
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(1):
+            return await stream.read()
+    return ""
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, asyncssh.Error):
+        return error.reason or type(error).__name__
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return str(error) or type(error).__name__
