@@ -14,4 +14,28 @@ Public API (the coordinator and the offline commands use only these names):
 
 from __future__ import annotations
 
-# The implementation modules fill these names in; see the module docstring.
+from worker.dhcpconf.checks import check_pair
+from worker.dhcpconf.configset import ConfigSet
+from worker.dhcpconf.dhcpd_output import DhcpdDiagnosis, parse_dhcpd_output
+from worker.dhcpconf.edits import PeerSettings, modify, remove
+from worker.dhcpconf.failover import Peer, Role, ScopeRef
+from worker.dhcpconf.includes import include_paths, rewrite_includes
+from worker.dhcpconf.tree import Document, parse, render
+
+__all__ = [
+    "ConfigSet",
+    "DhcpdDiagnosis",
+    "Document",
+    "Peer",
+    "PeerSettings",
+    "Role",
+    "ScopeRef",
+    "check_pair",
+    "include_paths",
+    "modify",
+    "parse",
+    "parse_dhcpd_output",
+    "remove",
+    "render",
+    "rewrite_includes",
+]
