@@ -206,13 +206,17 @@ def read_delivery(
 def schema_errors(exc: ValidationError) -> list[dict[str, Any]]:
     """Every pydantic error as ``{loc, message, type[, input]}`` for ``error.detail``."""
     out: list[dict[str, Any]] = []
-    for err in exc.errors(include_url=False, include_context=False):
+    for err in exc.errors(include_url=False):
         item: dict[str, Any] = {
             "loc": format_loc(err["loc"]),
             "message": err["msg"],
             "type": err["type"],
         }
         value = err.get("input")
+        if err["type"] in ("union_tag_invalid", "union_tag_not_found"):
+            # The discriminator failed: the error is about ``command``, not the whole body.
+            item["loc"] = "command"
+            value = err.get("ctx", {}).get("tag")
         if isinstance(value, bool | int | float) or value is None:
             item["input"] = value
         elif isinstance(value, str):

@@ -1,0 +1,316 @@
+"""Helpers for the consumer tests: a stub handler, request bodies, an event tap, checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from copy import deepcopy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import jsonschema
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_structured_event
+
+from worker.consumer.app import run_worker
+from worker.consumer.events import EVENT_CONTENT_TYPE
+from worker.consumer.topology import declare_topology
+from worker.messages import (
+    ModifyRequest,
+    Outcome,
+    RemoveRequest,
+    ResultData,
+    ResultEvent,
+    ServerResult,
+)
+from worker.settings import Settings
+
+SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "result-event.schema.json"
+
+MODIFY_ID = "7b0e1d52-6a55-4f0e-9a4b-2f1f5f7b1c11"
+REMOVE_ID = "c7d6c9f0-0d7e-4bb4-b0a6-3a8f0f2d9b3e"
+
+MODIFY: dict[str, Any] = {
+    "requestId": MODIFY_ID,
+    "command": "ModifyDHCPFailoverRelationship",
+    "params": {
+        "Name": "dhcp-failover",
+        "PrimaryServer": "dhcp1.example.net",
+        "SecondaryServer": "dhcp2.example.net",
+        "Mclt": 1800,
+        "Port": 647,
+        "LoadBalanceMaxSeconds": 3,
+        "MaxResponseDelay": 60,
+        "MaxUnackedUpdates": 10,
+    },
+    "dryRun": False,
+    "comment": "CHG-1234 shorten MCLT",
+}
+
+REMOVE: dict[str, Any] = {
+    "requestId": REMOVE_ID,
+    "command": "RemoveDHCPFailoverRelationships",
+    "params": {"Server": "dhcp1.example.net", "Name": "dhcp-failover", "DeconfigureAction": "Disable"},
+}
+
+
+def modify(**changes: Any) -> dict[str, Any]:
+    """A copy of the CONTRACT §2 modify with top-level keys replaced (None deletes)."""
+    body = deepcopy(MODIFY)
+    for key, value in changes.items():
+        if value is None:
+            body.pop(key, None)
+        else:
+            body[key] = value
+    return body
+
+
+def servers_for(request: ModifyRequest | RemoveRequest) -> list[ServerResult]:
+    if isinstance(request, ModifyRequest):
+        names = [request.params.primary_server, request.params.secondary_server]
+    else:
+        names = [request.params.server, "dhcp2.example.net"]
+    return [
+        ServerResult(
+            name=name,
+            role=role,
+            changed=True,
+            sha256Before="a" * 64,
+            sha256After="b" * 64,
+            diff=f"--- a/etc/dhcp/dhcpd.conf\n+++ b/etc/dhcp/dhcpd.conf\n@@ {name} @@\n",
+            restarted=True,
+            state="new",
+        )
+        for name, role in zip(names, ("primary", "secondary"), strict=True)
+    ]
+
+
+@dataclass
+class StubHandler:
+    """Stands in for the coordinator: records calls, optionally slow, returns ``succeeded``.
+
+    ``behaviour`` replaces the default result (it may raise, or return another outcome).
+    ``started`` is set when a call begins; ``running`` / ``peak`` count concurrent calls.
+    """
+
+    delay: float = 0.0
+    behaviour: Callable[[ModifyRequest | RemoveRequest, str], Awaitable[ResultData]] | None = None
+    calls: list[tuple[ModifyRequest | RemoveRequest, str]] = field(default_factory=list)
+    finished: list[str] = field(default_factory=list)
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    running: int = 0
+    peak: int = 0
+
+    async def __call__(self, request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:
+        self.calls.append((request, request_id))
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        self.started.set()
+        try:
+            if self.delay:
+                await asyncio.sleep(self.delay)
+            if self.behaviour is not None:
+                return await self.behaviour(request, request_id)
+            return ResultData(
+                requestId=request_id,
+                command=request.command,
+                outcome=Outcome.succeeded,
+                dryRun=request.dry_run,
+                servers=servers_for(request),
+                durationMs=412,
+            )
+        finally:
+            self.running -= 1
+            self.finished.append(request_id)
+
+
+@dataclass
+class CheckedEvent:
+    """An event message after every check: the model, the raw JSON and the AMQP message."""
+
+    event: ResultEvent
+    raw: dict[str, Any]
+    message: AbstractIncomingMessage
+
+
+def check_event_message(message: AbstractIncomingMessage) -> CheckedEvent:
+    """Validate an event the way an outside consumer would, and return it parsed.
+
+    The official CloudEvents SDK (RabbitMQ binding, structured mode) must accept it, the
+    checked-in JSON Schema must accept it, and the AMQP properties must match the contract.
+    """
+    assert message.content_type == EVENT_CONTENT_TYPE
+    assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
+    ce = from_structured_event(
+        RabbitMQMessage(headers={}, content_type=message.content_type, body=message.body)
+    )
+    assert ce.get_specversion() == "1.0"
+    raw = json.loads(message.body)
+    if SCHEMA.is_file():
+        jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text())).validate(raw)
+    event = ResultEvent.model_validate_json(message.body)
+    assert message.message_id == event.id == ce.get_id()
+    assert ce.get_type() == event.type
+    assert ce.get_data() == raw["data"]
+    return CheckedEvent(event=event, raw=raw, message=message)
+
+
+class EventTap:
+    """Every event published to the event exchange, in order (an exclusive test queue)."""
+
+    def __init__(self) -> None:
+        self._messages: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
+
+    async def start(self, connection: AbstractConnection, settings: Settings) -> EventTap:
+        channel = await connection.channel()
+        topology = await declare_topology(channel, settings)
+        queue = await channel.declare_queue(exclusive=True, auto_delete=True)
+        await queue.bind(topology.event_exchange, routing_key="#")
+        await queue.consume(self._messages.put, no_ack=True)
+        return self
+
+    async def next(self, timeout: float = 10.0) -> AbstractIncomingMessage:
+        return await asyncio.wait_for(self._messages.get(), timeout)
+
+    async def next_checked(self, timeout: float = 10.0) -> CheckedEvent:
+        return check_event_message(await self.next(timeout))
+
+    async def assert_quiet(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            message = await asyncio.wait_for(self._messages.get(), seconds)
+            raise AssertionError(f"unexpected event {message.message_id}: {message.body!r}")
+
+
+async def publish_raw(
+    connection: AbstractConnection,
+    settings: Settings,
+    body: bytes | dict[str, Any],
+    routing_key: str = "request.modify",
+    **properties: Any,
+) -> None:
+    """Publish a request exactly as given (bytes, or a dict dumped as JSON)."""
+    data = json.dumps(body).encode() if isinstance(body, dict) else body
+    properties.setdefault("content_type", "application/json")
+    properties.setdefault("delivery_mode", aio_pika.DeliveryMode.PERSISTENT)
+    channel = await connection.channel()
+    try:
+        exchange = await channel.get_exchange(settings.request_exchange)
+        await exchange.publish(aio_pika.Message(data, **properties), routing_key)
+    finally:
+        await channel.close()
+
+
+async def queue_depth(connection: AbstractConnection, name: str) -> int:
+    """Ready messages in a queue (unacked ones are not counted)."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        count = queue.declaration_result.message_count
+        return int(count or 0)
+    finally:
+        await channel.close()
+
+
+async def consumer_count(connection: AbstractConnection, name: str) -> int:
+    channel = await connection.channel()
+    try:
+        queue: AbstractQueue = await channel.declare_queue(name, passive=True)
+        return int(queue.declaration_result.consumer_count or 0)
+    finally:
+        await channel.close()
+
+
+async def get_one(
+    connection: AbstractConnection, name: str, timeout: float = 10.0
+) -> AbstractIncomingMessage:
+    """The next message of a queue (polled; acked), or AssertionError after ``timeout``."""
+    channel = await connection.channel()
+    try:
+        queue = await channel.declare_queue(name, passive=True)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            message = await queue.get(no_ack=True, fail=False)
+            if message is not None:
+                return message
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"nothing arrived in {name} within {timeout} s")
+            await asyncio.sleep(0.05)
+    finally:
+        await channel.close()
+
+
+@dataclass
+class RunningWorker:
+    stop: asyncio.Event
+    task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def running_worker(
+    connection: AbstractConnection,
+    settings: Settings,
+    handler: Callable[[ModifyRequest | RemoveRequest, str], Awaitable[ResultData]],
+    *,
+    stop_timeout: float = 20.0,
+) -> AsyncIterator[RunningWorker]:
+    """Run :func:`run_worker` in a task until the block ends; its consumer is up on entry."""
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_worker(settings, handler, stop))
+    worker = RunningWorker(stop, task)
+    try:
+        await wait_for_consumer(connection, settings, task)
+        yield worker
+    finally:
+        stop.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), stop_timeout)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise
+
+
+async def wait_for_consumer(
+    connection: AbstractConnection,
+    settings: Settings,
+    task: asyncio.Task[None],
+    timeout: float = 10.0,
+) -> None:
+    """Until the worker's consumer is registered on the request queue (or the worker died)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        if task.done():
+            task.result()
+            raise AssertionError("run_worker returned before consuming")
+        with contextlib.suppress(aio_pika.exceptions.ChannelNotFoundEntity):
+            if await consumer_count(connection, settings.request_queue) >= 1:
+                return
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("the worker did not start consuming")
+        await asyncio.sleep(0.05)
+
+
+def _publish_with_pika(settings: Settings, body: bytes, routing_key: str) -> None:
+    import pika
+
+    connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
+    try:
+        channel = connection.channel()
+        properties = pika.BasicProperties(content_type="application/json", delivery_mode=2)
+        channel.basic_publish(settings.request_exchange, routing_key, body, properties)
+    finally:
+        connection.close()
+
+
+async def publish_without_message_id(settings: Settings, body: bytes, routing_key: str) -> None:
+    """Publish with no AMQP ``message_id`` at all.
+
+    aiormq fills in a random ``message_id`` on every publish, so this goes through pika (in a
+    thread), like a publisher that sets none.
+    """
+    await asyncio.to_thread(_publish_with_pika, settings, body, routing_key)
