@@ -1,0 +1,562 @@
+"""The two-phase change: plan -> prepare -> commit -> finish, or rollback, on N servers.
+
+:func:`execute` is the whole story of one request and the only place its ends are decided:
+
+=====================  ====================================================================
+``rejected``           plan: unknown server, peer not found, roles/pair mismatch, bad config
+``failed``             nothing live changed: unreachable, lock timeout, config changed since
+                       plan (``concurrent_change``), candidate refused by ``dhcpd -t``
+``succeeded``          committed and restarted everywhere; or nothing to change (no lock
+                       taken, nothing written); or a dry run that staged and validated
+``rolled_back``        a commit step failed; every server touched holds its old file again
+                       and was restarted on it where it had been restarted
+``rollback_failed``    restoring failed too; ``error.detail.servers`` says who holds what
+=====================  ====================================================================
+
+Plan reads every server's live tree and computes the candidates (no writes, no locks).
+Prepare takes every involved server's lock in name order (two changes sharing servers never
+deadlock), checks the live bytes still match the plan, stages each candidate beside its live
+file and runs the server's ``validate_command`` on it. Commit writes a journal on each server,
+then per server in order: backup, atomic rename, restart+verify. Finish removes temp files,
+prunes old backups and finished journals, and records the outcome in every journal.
+
+Idempotency and recovery (the policy)
+    The journal of a change that ended holds its outcome: running the same request id again
+    returns that outcome (same ``ResultData`` but the total duration) and touches nothing.
+    A change cut off mid-commit (the worker died or lost its connection) is picked up by the
+    next run of the same request id, under the same locks. The live files' sha256 decide:
+
+    * nothing went live -> leftovers removed, the request planned afresh;
+    * every live file is the old or the new version, no rollback had begun, every remaining
+      candidate is intact and validates again -> **roll forward**: commit the servers still
+      behind, restart the ones that may not have restarted; the outcome is the one the
+      change would have had (``succeeded``, or ``rolled_back`` if a step fails now);
+    * otherwise (a rollback had begun, a candidate or journal is gone, revalidation fails)
+      -> **roll back**: restore the backups, restart what had been restarted;
+      ``rolled_back`` (or ``rollback_failed``);
+    * a live file that is neither version was edited by someone else meanwhile: nothing is
+      touched and the outcome is ``rollback_failed``, for an operator.
+
+    A done journal is pruned once more than ``journal_retention`` newer ones exist; a request
+    redelivered after that is planned afresh (and finds its change already in place).
+
+Cancellation: until the commit starts, a cancel removes what was staged and propagates. From
+the first journal write to the recorded outcome the work runs to its end whatever happens to
+the caller (:func:`run_to_end`); the cancel is re-raised afterwards, and the next delivery of
+the request reads the outcome from the journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, TypeVar
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+
+from worker.change import recovery
+from worker.change.commit import as_worker_error, commit, rollback, rollback_failed_error, save_step
+from worker.change.journal import (
+    Journal,
+    Step,
+    delete_journal,
+    find_journal,
+    new_stamp,
+    prune_backups,
+    prune_journals,
+    save_journal,
+)
+from worker.change.model import ServerChange, changed_only, planned_change
+from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
+from worker.change.ports import Fleet, RemoteHost
+from worker.change.snapshot import Snapshot, read_snapshot, sha256_hex
+from worker.change.staging import validate_tree
+from worker.dhcpconf import ConfigSet
+from worker.errors import ConcurrentChange, PairMismatch, Rejected, UnknownServer, WorkerError
+from worker.messages import (
+    DeconfigureAction,
+    ModifyRequest,
+    Outcome,
+    Phase,
+    RemoveParams,
+    RemoveRequest,
+    RequestId,
+    ResultData,
+)
+
+log = structlog.stdlib.get_logger(__name__)
+
+T = TypeVar("T")
+_QUIET_OUTCOMES = (Outcome.succeeded, Outcome.rejected)
+_REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
+
+
+@dataclass(frozen=True)
+class ChangeOptions:
+    lock_timeout: float = 30.0
+    backup_retention: int = 5
+    #: Finished journals kept per server: how long a redelivered request still gets its
+    #: recorded outcome back instead of being planned afresh.
+    journal_retention: int = 100
+
+
+async def execute(
+    request: ModifyRequest | RemoveRequest,
+    request_id: str,
+    fleet: Fleet,
+    options: ChangeOptions = ChangeOptions(),
+) -> ResultData:
+    """Apply one request to every server it touches, both or neither; never raises for
+    anything a request or a server can cause (``CancelledError`` does propagate)."""
+    run = _Run(request, request_id, options)
+    with structlog.contextvars.bound_contextvars(requestId=request_id):
+        log.info("change.start", command=request.command, dry_run=request.dry_run)
+        try:
+            _check_request_id(request_id)
+            if not request.dry_run:
+                previous = await _resume_previous(run, fleet)
+                if previous is not None:
+                    return run.done(previous)
+            changes, warnings = await _plan(run, fleet)
+        except Rejected as exc:
+            return run.done(run.result(Outcome.rejected, [], exc))
+        except Exception as exc:
+            return run.done(run.result(Outcome.failed, [], as_worker_error(exc, Phase.plan)))
+        if not any(c.changed for c in changes):
+            return run.done(run.result(Outcome.succeeded, changes, None, warnings))
+        try:
+            async with hold_locks([c.host for c in changes], options.lock_timeout):
+                return run.done(await _prepare_and_commit(run, changes, warnings))
+        except Exception as exc:  # only taking a lock can raise here
+            error = as_worker_error(exc, Phase.prepare)
+            return run.done(run.result(Outcome.failed, changes, error, warnings))
+
+
+async def _prepare_and_commit(
+    run: _Run, changes: list[ServerChange], warnings: list[str]
+) -> ResultData:
+    """Under the locks: prepare (reversible), then commit and finish (shielded). Total."""
+    try:
+        await _on_each(changes, lambda c: _prepare_server(run, c))
+        if not run.request.dry_run:
+            await _write_journals(run, changes, warnings)
+    except asyncio.CancelledError:
+        await _discard(changes, run.request_id)
+        raise
+    except Exception as exc:
+        error = as_worker_error(exc, Phase.prepare)
+        warnings = warnings + await _discard(changes, run.request_id)
+        return run.result(Outcome.failed, changes, error, warnings)
+    if run.request.dry_run:
+        warnings = warnings + await _discard(changes, run.request_id)
+        return run.result(Outcome.succeeded, changes, None, warnings)
+    return await run_to_end(_commit_and_finish(run, changes, warnings))
+
+
+async def _commit_and_finish(
+    run: _Run, changes: list[ServerChange], warnings: list[str], cause: WorkerError | None = None
+) -> ResultData:
+    """Commit (unless ``cause`` says to undo instead), roll back on failure, finish."""
+    if cause is None:
+        cause = await commit(changes)
+    if cause is None:
+        outcome, error = Outcome.succeeded, None
+    elif await rollback(changes, run.request_id, cause):
+        outcome, error = Outcome.rolled_back, cause
+    else:
+        outcome, error = Outcome.rollback_failed, rollback_failed_error(changes, cause)
+    return await _finish(run, changes, outcome, error, warnings)
+
+
+async def _resume_previous(run: _Run, fleet: Fleet) -> ResultData | None:
+    """The recorded outcome of this request id, or the end of a change an earlier run cut off
+    (policy in the module docstring); None when there is nothing to pick up."""
+    found = await recovery.find_previous(fleet, _anchors(run.request), run.request_id)
+    if not found:
+        return None
+    if (outcome := recovery.finished(found)) is not None:
+        log.info("change.replayed", outcome=outcome.outcome)
+        return outcome
+    servers = next(iter(found.values())).servers
+    hosts = [fleet.host(n) for n in servers]
+    async with hold_locks(hosts, run.options.lock_timeout):
+        # Read again under the locks: another run of this request may have just ended it.
+        journals = dict(zip(servers, await _journals(hosts, run.request_id), strict=True))
+        if (outcome := recovery.finished(journals)) is not None:
+            return outcome
+        resumed = await recovery.load(fleet, journals, run.request_id)
+        log.warning("change.resume", verdict=resumed.verdict, reason=resumed.reason)
+        if resumed.verdict == "replan":
+            await _discard(resumed.changes, run.request_id)
+            return None
+        if resumed.verdict == "conflict":
+            return await _record_conflict(run, resumed)
+        cause = resumed.cause
+        if resumed.verdict == "forward":
+            try:
+                for change in changed_only(resumed.changes):
+                    await recovery.validate_pending(change, run.request_id)
+            except Exception as exc:
+                cause = recovery.interrupted(resumed.changes, f"revalidation failed: {exc}")
+        elif cause is None:
+            cause = recovery.interrupted(resumed.changes, resumed.reason)
+        return await run_to_end(_commit_and_finish(run, resumed.changes, resumed.warnings, cause))
+
+
+async def _record_conflict(run: _Run, resumed: recovery.Resumed) -> ResultData:
+    """Someone edited a file mid-change: touch nothing, say so, record it."""
+    for change in changed_only(resumed.changes):
+        change.needs_operator = change.state() != "old" or change.restart_attempted
+    cause = recovery.interrupted(resumed.changes, resumed.reason)
+    cause.message = f"an earlier run of this request was cut off and {resumed.reason}"
+    result = run.result(
+        Outcome.rollback_failed,
+        resumed.changes,
+        rollback_failed_error(resumed.changes, cause),
+        resumed.warnings,
+    )
+    return await _record(resumed.changes, result)
+
+
+# -- plan ------------------------------------------------------------------------------------
+
+
+def _check_request_id(request_id: str) -> None:
+    """The request id names files on the servers: refuse anything but the safe set."""
+    try:
+        _REQUEST_ID.validate_python(request_id)
+    except ValidationError:
+        raise Rejected(
+            f"request id {request_id[:140]!r} is not usable: 1-128 of [A-Za-z0-9._:-]",
+            code="invalid_request_id",
+        ) from None
+
+
+def _anchors(request: ModifyRequest | RemoveRequest) -> list[str]:
+    """The servers known before any config is read: where a journal is looked up first."""
+    if isinstance(request, ModifyRequest):
+        return [request.params.primary_server, request.params.secondary_server]
+    return [request.params.server]
+
+
+async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]:
+    """Read every involved server's live tree and compute its candidate; no writes."""
+    request = run.request
+    warnings: list[str] = []
+    if isinstance(request, ModifyRequest):
+        p = request.params
+        hosts = {n: fleet.host(n) for n in (p.primary_server, p.secondary_server)}
+        snaps = await _snapshots(hosts)
+        primary, secondary = (_parse(snaps[n]) for n in hosts)
+        plans: Sequence[ServerPlan] = plan_modify(p, primary, secondary)
+    else:
+        hosts, snaps, plans, warnings = await _plan_remove(request.params, fleet)
+    changes = [
+        planned_change(hosts[plan.server], snaps[plan.server], plan, run.request_id, run.stamp)
+        for plan in plans
+    ]
+    changes.sort(key=lambda c: list(hosts).index(c.name))  # commit order: anchor first
+    log.info(
+        "plan.done",
+        servers=[c.name for c in changes],
+        changed=[c.name for c in changes if c.changed],
+    )
+    return changes, warnings
+
+
+async def _plan_remove(
+    p: RemoveParams, fleet: Fleet
+) -> tuple[dict[str, RemoteHost], dict[str, Snapshot], list[ServerPlan], list[str]]:
+    """Remove: the partners come from the peer blocks' ``peer address`` and the inventory."""
+    hosts = {p.server: fleet.host(p.server)}
+    snaps = await _snapshots(hosts)
+    configs = {p.server: _parse(snaps[p.server])}
+    pairs: dict[str, tuple[str, str]] = {}
+    for name, (role, address) in remove_partners(configs[p.server], p.names).items():
+        partner = fleet.server_for_address(address)
+        if partner is None:
+            raise UnknownServer(
+                f"failover peer {name!r} on {p.server}: its peer address {address} is not "
+                "a server in the inventory",
+                server=p.server,
+                phase=Phase.plan,
+            )
+        if partner == p.server:
+            raise PairMismatch(
+                f"failover peer {name!r} on {p.server}: its peer address {address} is "
+                f"{p.server} itself",
+                server=p.server,
+            )
+        pairs[name] = (p.server, partner) if role == "primary" else (partner, p.server)
+    partners = {n: fleet.host(n) for pair in pairs.values() for n in pair if n not in hosts}
+    snaps.update(await _snapshots(partners))
+    hosts.update(partners)
+    configs.update({n: _parse(snaps[n]) for n in partners})
+    plans = list(plan_remove(p, configs, pairs))
+    return hosts, snaps, plans, _same_ranges_warnings(p, configs, pairs)
+
+
+def _same_ranges_warnings(
+    p: RemoveParams, configs: dict[str, ConfigSet], pairs: dict[str, tuple[str, str]]
+) -> list[str]:
+    """DeconfigureAction None leaves both servers serving the same pools: say which."""
+    if p.deconfigure_action is not DeconfigureAction.none:
+        return []
+    warnings = []
+    for name, (primary, secondary) in pairs.items():
+        scopes = [s.label for s in configs[primary].peer(name).pools]
+        if scopes:
+            warnings.append(
+                f"DeconfigureAction None: {primary} and {secondary} now both lease from the "
+                f"same ranges, formerly shared by failover peer {name!r}: " + "; ".join(scopes)
+            )
+    return warnings
+
+
+async def _snapshots(hosts: dict[str, RemoteHost]) -> dict[str, Snapshot]:
+    snaps = await asyncio.gather(*(read_snapshot(h) for h in hosts.values()))
+    return dict(zip(hosts, snaps, strict=True))
+
+
+def _parse(snapshot: Snapshot) -> ConfigSet:
+    try:
+        return ConfigSet.parse(snapshot.texts(), snapshot.main)
+    except WorkerError as exc:
+        exc.server = exc.server or snapshot.server
+        raise
+
+
+async def _journals(hosts: Sequence[RemoteHost], request_id: str) -> list[Journal | None]:
+    return list(await asyncio.gather(*(find_journal(h, request_id) for h in hosts)))
+
+
+# -- prepare ---------------------------------------------------------------------------------
+
+
+async def _prepare_server(run: _Run, change: ServerChange) -> None:
+    """Nothing changed since plan; candidates staged beside the live files and validated."""
+    host, snapshot = change.host, change.snapshot
+    assert snapshot is not None  # a planned change always has one
+    with change.timed():
+        for path, planned in snapshot.raw.items():
+            live = await host.read(path)
+            if live != planned:
+                raise ConcurrentChange(
+                    f"{path} on {change.name} changed since it was read; not overwriting it",
+                    server=change.name,
+                    detail={
+                        "file": path,
+                        "planned": sha256_hex(planned),
+                        "found": sha256_hex(live) if live is not None else None,
+                    },
+                )
+        for f in change.files:
+            assert f.after is not None
+            change.temps.add(f.staged)
+            await host.write(f.staged, f.after, like=f.path)
+        if change.changed:
+            changed = [f.path for f in change.files]
+            await validate_tree(
+                host, change.main, change.after_texts, changed, run.request_id, change.temps
+            )
+            log.info("prepare.validated", server=change.name, files=changed)
+
+
+async def _write_journals(run: _Run, changes: list[ServerChange], warnings: list[str]) -> None:
+    """One journal per changed server, all written before the first live file is touched."""
+    reports = [c.report for c in changes]
+    servers = [c.name for c in changed_only(changes)]
+    for change in changed_only(changes):
+        change.journal = Journal(
+            requestId=run.request_id,
+            command=run.request.command,
+            stamp=run.stamp,
+            server=change.name,
+            servers=servers,
+            step=Step.staged,
+            files=[f.record() for f in change.files],
+            report=reports,
+            warnings=warnings,
+        )
+        await save_journal(change.host, change.journal)
+
+
+async def _discard(changes: Sequence[ServerChange], request_id: str) -> list[str]:
+    """Remove everything a change that never went live left behind; report what could not
+    be removed as warnings (the next run of the request removes it)."""
+    problems: list[str] = []
+    for change in changed_only(changes):
+        try:
+            await _remove_temps(change)
+            if change.journal is not None:
+                await delete_journal(change.host, change.journal)
+        except Exception as exc:
+            log.warning("cleanup.failed", server=change.name, error=str(exc))
+            problems.append(f"cleanup on {change.name} failed: {exc}")
+    return problems
+
+
+async def _remove_temps(change: ServerChange) -> None:
+    for path in sorted(change.temps):
+        await change.host.remove(path)
+        change.temps.discard(path)
+
+
+# -- finish ----------------------------------------------------------------------------------
+
+
+async def _finish(
+    run: _Run,
+    changes: list[ServerChange],
+    outcome: Outcome,
+    error: WorkerError | None,
+    warnings: list[str],
+) -> ResultData:
+    """Clean up, prune, record the outcome. The servers are in their final state already:
+    a problem here is a warning, never a different outcome."""
+    warnings = list(warnings)
+    for change in changed_only(changes):
+        try:
+            await _remove_temps(change)
+            for f in change.files:
+                await prune_backups(change.host, f.path, run.options.backup_retention)
+            await prune_journals(change.host, run.options.journal_retention)
+        except Exception as exc:
+            log.warning("cleanup.failed", server=change.name, error=str(exc))
+            warnings.append(f"cleanup on {change.name} failed: {exc}")
+    return await _record(changes, run.result(outcome, changes, error, warnings))
+
+
+async def _record(changes: list[ServerChange], result: ResultData) -> ResultData:
+    """Store the outcome in every journal, the first server's last: it is read first."""
+    stored = result.model_copy(deep=True)
+    for change in reversed(changed_only(changes)):
+        try:
+            await save_step(change, Step.done, outcome=stored, report=[])
+        except Exception as exc:
+            log.error("journal.not_recorded", server=change.name, error=str(exc))
+            result.warnings.append(
+                f"outcome not recorded on {change.name} ({exc}); "
+                "a rerun of this request will derive it from the servers again"
+            )
+    return result
+
+
+# -- plumbing --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Run:
+    """One call of :func:`execute`: its request, clock and stamp, and how results look."""
+
+    request: ModifyRequest | RemoveRequest
+    request_id: str
+    options: ChangeOptions
+    started: float = field(default_factory=time.monotonic)
+    stamp: str = field(default_factory=new_stamp)
+
+    def result(
+        self,
+        outcome: Outcome,
+        changes: Sequence[ServerChange],
+        error: WorkerError | None = None,
+        warnings: Sequence[str] = (),
+    ) -> ResultData:
+        dry_run = self.request.dry_run
+        return ResultData(
+            requestId=self.request_id,
+            command=self.request.command,
+            outcome=outcome,
+            dryRun=dry_run,
+            servers=[c.result(outcome, dry_run) for c in changes],
+            error=error.to_info() if error is not None else None,
+            warnings=list(warnings),
+            durationMs=self.elapsed_ms(),
+        )
+
+    def elapsed_ms(self) -> int:
+        return round((time.monotonic() - self.started) * 1000)
+
+    def done(self, result: ResultData) -> ResultData:
+        """The end of :func:`execute`: one log line an operator can search for."""
+        result = result.model_copy(update={"durationMs": self.elapsed_ms()})
+        error = result.error
+        log.log(
+            logging.INFO if result.outcome in _QUIET_OUTCOMES else logging.ERROR,
+            "change.end",
+            outcome=result.outcome.value,
+            changed=[s.name for s in result.servers if s.changed],
+            code=error.code if error else None,
+            error=error.message if error else None,
+            duration_ms=result.durationMs,
+        )
+        return result
+
+
+async def _on_each(
+    changes: Sequence[ServerChange], step: Callable[[ServerChange], Awaitable[None]]
+) -> None:
+    """Run ``step`` on every server at once; all finish before the first error is raised, so
+    a cleanup never races a write still in flight."""
+    results = await asyncio.gather(*(step(c) for c in changes), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
+
+
+async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` to its end even if the caller is cancelled meanwhile, then re-raise the
+    cancellation: a commit or rollback cut in half is the one thing worse than either."""
+    task = asyncio.ensure_future(coro)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+            break
+        except asyncio.CancelledError:
+            if task.cancelled():
+                raise
+            cancelled = True
+            log.warning("change.cancel_deferred", reason="commit in flight")
+    if cancelled:
+        raise asyncio.CancelledError
+    return result
+
+
+@asynccontextmanager
+async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[None]:
+    """Every server's change lock, taken in name order and released however the body ends.
+    A failed release is logged, not raised: the server drops the lock with the connection."""
+    unique = {h.name: h for h in hosts}
+    async with AsyncExitStack() as stack:
+        for name in sorted(unique):
+            lock = unique[name].lock(wait)
+            await lock.__aenter__()
+            stack.push_async_exit(_releaser(lock, name))
+            log.info("lock.acquired", server=name)
+        yield
+
+
+def _releaser(
+    lock: AbstractAsyncContextManager[None], name: str
+) -> Callable[
+    [type[BaseException] | None, BaseException | None, TracebackType | None], Awaitable[bool]
+]:
+    async def release(
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            await lock.__aexit__(exc_type, exc, tb)
+        except Exception as err:
+            log.error("lock.release_failed", server=name, error=str(err))
+        return False
+
+    return release

@@ -1,0 +1,217 @@
+"""The per-server change journal, and the names of every file a change leaves next to a config.
+
+A change writes one small JSON journal on each server it commits to, in the main config's
+directory, before it replaces any live file. The journal records the plan (sha256 before and
+after of every file the change writes, where the candidate and the backup live), how far this
+server got (:class:`Step`), and, once the change has ended, its outcome. That is what lets a
+later run of the same request id return the same outcome without touching anything, or finish
+or undo a change a dead worker cut off (see :mod:`worker.change.coordinator`).
+
+File names carry a UTC stamp so pruning can keep "the newest N" with nothing but ``listdir``
+(a remote ``stat`` per file would cost a round trip each)::
+
+    <config dir>/.dhcp-failover-journal.<stamp>.<request id>.json
+    <file dir>/.<file name>.<stamp>.<request id>.bak      the live file as it was
+    <file dir>/.<file name>.<request id>.new              the candidate, renamed over the live file
+    <file dir>/.<file name>.<request id>.check            a validation copy with rewritten includes
+    <file dir>/.<file name>.<request id>.restore          the backup's bytes on their way back
+
+Everything sits in the live file's own directory, so every rename is atomic (same filesystem)
+and AppArmor profiles that allow the config directory allow these too.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from worker.change.ports import RemoteHost
+from worker.errors import Failed
+from worker.messages import ErrorInfo, Phase, ResultData, ServerResult
+
+JOURNAL_PREFIX = ".dhcp-failover-journal."
+_STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
+_STAMP = r"\d{8}T\d{12}Z"
+_JOURNAL_NAME = re.compile(rf"^{re.escape(JOURNAL_PREFIX)}(?P<stamp>{_STAMP})\.(?P<rid>.+)\.json$")
+JOURNAL_VERSION = 1
+
+
+class Step(StrEnum):
+    """How far one server got. Written *before* the step's effect where it matters:
+    ``committed`` is saved after the rename and before the restart, so a journal saying
+    ``committed`` means "may be running the new config"."""
+
+    staged = "staged"  # candidates written and validated; live file untouched
+    committed = "committed"  # live file replaced; restart may have been attempted
+    restarted = "restarted"  # restarted and verified on the new file
+    restoring = "restoring"  # rollback under way on this server
+    rolled_back = "rolled_back"  # old file back and restarted (when it had been restarted)
+    done = "done"  # the change has ended; ``outcome`` holds its result
+
+
+class FileRecord(BaseModel):
+    """One live file the change writes on this server."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    path: str
+    before: str  # sha256 hex of the live bytes read at plan
+    after: str  # sha256 hex of the candidate
+    staged: str  # candidate path next to the live file
+    backup: str  # backup path next to the live file
+
+
+class Journal(BaseModel):
+    """The journal of one request on one server."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    version: int = JOURNAL_VERSION
+    requestId: str
+    command: str | None
+    stamp: str
+    server: str
+    servers: list[str]  # every server the change commits to, in commit order
+    step: Step
+    restartAttempted: bool = False  # this server may run the new config (or be down)
+    files: list[FileRecord]
+    report: list[ServerResult] = []  # the plan's view of every server, for a resumed run
+    warnings: list[str] = []
+    error: ErrorInfo | None = None  # why a rollback started
+    outcome: ResultData | None = None  # set with step ``done``
+    updated: str = ""
+
+    def path(self, directory: str) -> str:
+        return journal_path(directory, self.stamp, self.requestId)
+
+
+# -- names -----------------------------------------------------------------------------------
+
+
+def new_stamp(now: datetime | None = None) -> str:
+    """A sortable UTC stamp (microseconds) shared by a change's journal and backups."""
+    return (now or datetime.now(UTC)).strftime(_STAMP_FORMAT)
+
+
+def journal_dir(host: RemoteHost) -> str:
+    return posixpath.dirname(host.config_path)
+
+
+def journal_path(directory: str, stamp: str, request_id: str) -> str:
+    return posixpath.join(directory, f"{JOURNAL_PREFIX}{stamp}.{request_id}.json")
+
+
+def _beside(live: str, suffix: str) -> str:
+    directory, name = posixpath.split(live)
+    return posixpath.join(directory, f".{name}.{suffix}")
+
+
+def staged_path(live: str, request_id: str) -> str:
+    return _beside(live, f"{request_id}.new")
+
+
+def check_path(live: str, request_id: str) -> str:
+    return _beside(live, f"{request_id}.check")
+
+
+def restore_path(live: str, request_id: str) -> str:
+    return _beside(live, f"{request_id}.restore")
+
+
+def backup_path(live: str, stamp: str, request_id: str) -> str:
+    return _beside(live, f"{stamp}.{request_id}.bak")
+
+
+def _backup_name(live: str) -> re.Pattern[str]:
+    name = re.escape(posixpath.basename(live))
+    return re.compile(rf"^\.{name}\.(?P<stamp>{_STAMP})\.(?P<rid>.+)\.bak$")
+
+
+# -- reading and writing ---------------------------------------------------------------------
+
+
+async def find_journal(host: RemoteHost, request_id: str) -> Journal | None:
+    """This request's journal on ``host``, or None. A journal that cannot be read back is an
+    error, not "no journal": guessing could apply a change twice."""
+    directory = journal_dir(host)
+    names = sorted(
+        name
+        for name in await host.listdir(directory)
+        if (m := _JOURNAL_NAME.match(name)) and m["rid"] == request_id
+    )
+    if not names:
+        return None
+    path = posixpath.join(directory, names[-1])
+    data = await host.read(path)
+    if data is None:  # pruned or finished between listdir and read: nothing to resume
+        return None
+    try:
+        return Journal.model_validate_json(data)
+    except ValidationError as exc:
+        raise Failed(
+            f"journal {path} on {host.name} cannot be read back; "
+            "an operator must check the server and remove it",
+            code="journal_corrupt",
+            server=host.name,
+            phase=Phase.plan,
+            detail={"file": path, "error": str(exc)[:1000]},
+        ) from None
+
+
+async def save_journal(host: RemoteHost, journal: Journal) -> None:
+    """Write the journal atomically (temp file + rename) so a reader never sees half of it."""
+    directory = journal_dir(host)
+    journal.updated = datetime.now(UTC).isoformat()
+    path = journal.path(directory)
+    tmp = path + ".tmp"
+    await host.write(tmp, journal.model_dump_json(exclude_none=True).encode(), like=None)
+    await host.replace(tmp, path)
+
+
+async def delete_journal(host: RemoteHost, journal: Journal) -> None:
+    await host.remove(journal.path(journal_dir(host)))
+
+
+# -- pruning ---------------------------------------------------------------------------------
+
+
+async def prune_backups(host: RemoteHost, live: str, keep: int) -> list[str]:
+    """Remove the oldest backups of ``live`` beyond the newest ``keep``; return their paths."""
+    directory = posixpath.dirname(live)
+    pattern = _backup_name(live)
+    found = sorted(
+        (m["stamp"], name) for name in await host.listdir(directory) if (m := pattern.match(name))
+    )
+    doomed = [posixpath.join(directory, name) for _, name in found[: max(len(found) - keep, 0)]]
+    for path in doomed:
+        await host.remove(path)
+    return doomed
+
+
+async def prune_journals(host: RemoteHost, keep: int) -> list[str]:
+    """Remove finished journals beyond the newest ``keep``. Unfinished ones are never removed:
+    they are how a cut-off change gets finished."""
+    directory = journal_dir(host)
+    found = sorted(
+        (m["stamp"], name)
+        for name in await host.listdir(directory)
+        if (m := _JOURNAL_NAME.match(name))
+    )
+    removed: list[str] = []
+    for _, name in found[: max(len(found) - keep, 0)]:
+        path = posixpath.join(directory, name)
+        data = await host.read(path)
+        if data is None:
+            continue
+        try:
+            finished = Journal.model_validate_json(data).step == Step.done
+        except ValidationError:
+            finished = False
+        if finished:
+            await host.remove(path)
+            removed.append(path)
+    return removed
