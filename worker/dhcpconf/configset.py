@@ -14,7 +14,7 @@ from functools import cached_property
 
 from worker.dhcpconf.failover import Peer, PeerDecl, Reference, Scope, failover_name, read_peer
 from worker.dhcpconf.lexer import string_value
-from worker.dhcpconf.tree import Block, Document, Node, Statement, parse, render
+from worker.dhcpconf.tree import Block, Document, Node, Statement, gc_paused, parse, render
 from worker.errors import ConfigError, PeerNotFound
 
 
@@ -28,7 +28,8 @@ class ConfigSet:
         self.docs: dict[str, Document] = dict(docs)
         self.declarations: dict[str, PeerDecl] = {}
         self.references: list[Reference] = []
-        self._scan()
+        with gc_paused():
+            self._scan()
 
     @classmethod
     def parse(cls, files: Mapping[str, str], main: str) -> ConfigSet:
@@ -101,13 +102,13 @@ class ConfigSet:
         for node in items:
             first = text[node.start]
             if isinstance(node, Block):
-                if first in "fF" and (found := failover_name(doc, node)) is not None:
-                    self._declare(doc, node, found[0])
+                if first in "fF" and (name := failover_name(doc, node)) is not None:
+                    self._declare(doc, node, name)
                     continue
                 self._scan_items(doc, node.body, (*scope, (doc, node)))
             elif first in "fF":
-                if (found := failover_name(doc, node)) is not None:
-                    self.references.append(Reference(found[0], doc, node, scope))
+                if (name := failover_name(doc, node)) is not None:
+                    self.references.append(Reference(name, doc, node, scope))
             elif first in "iI" and doc.keyword(node) == "include":
                 target = self.resolve(doc, node)
                 if target is not None:

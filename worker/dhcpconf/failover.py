@@ -13,6 +13,7 @@ shared-network). Names are case-sensitive, quoted or not; keywords are case-inse
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -139,11 +140,15 @@ class Reference:
         return ScopeRef(kind, label, self.doc.filename, self.doc.line(self.node.start))
 
 
-def failover_name(doc: Document, node: Node) -> tuple[str, Token] | None:
+def failover_name(doc: Document, node: Node) -> str | None:
     """``NAME`` of a ``failover peer NAME {`` header or ``failover peer NAME;`` statement.
 
     None for anything else, including ``failover peer NAME state { ... }`` (lease-file state).
     """
+    if isinstance(node, Statement):  # the common shape, without tokenizing (large files)
+        plain = _PLAIN_REFERENCE_RE.fullmatch(doc.text, node.start, node.end)
+        if plain is not None:
+            return plain.group("quoted") or plain.group("bare")
     tokens = doc.tokens(node)
     if isinstance(node, Statement):
         if not tokens or tokens[-1].text != ";":
@@ -153,10 +158,17 @@ def failover_name(doc: Document, node: Node) -> tuple[str, Token] | None:
         return None
     name = tokens[2]
     if name.kind == "string":
-        return string_value(name.text), name
+        return string_value(name.text)
     if name.kind == "word":
-        return name.text, name
+        return name.text
     return None
+
+
+_PLAIN_REFERENCE_RE = re.compile(
+    r"failover[ \t\r\n]+peer[ \t\r\n]+"
+    r'(?:"(?P<quoted>[^"\\\n]+)"|(?P<bare>[A-Za-z0-9-][A-Za-z0-9_-]*))[ \t\r\n]*;',
+    re.IGNORECASE,
+)
 
 
 def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:

@@ -110,6 +110,8 @@ def is_number(text: str) -> bool:
 
 def string_value(token_text: str) -> str:
     """The value of a string token as dhcpd reads it (escapes applied, quotes removed)."""
+    if "\\" not in token_text and len(token_text) >= 2 and token_text.endswith('"'):
+        return token_text[1:-1]
     body = token_text[1:-1] if _closed(token_text) else token_text[1:]
     out: list[str] = []
     i = 0

@@ -18,8 +18,10 @@ of it renders back exactly.
 from __future__ import annotations
 
 import bisect
+import gc
 import re
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -125,6 +127,22 @@ def body_end(block: Block) -> int:
     return block.body[-1].end if block.body else block.head_end
 
 
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while building a large tree.
+
+    A parse allocates a few objects per line and none of them forms a cycle, but each
+    generation-2 pass would re-scan all of them: on a 5,000-subnet file that triples the time.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse(text: str, filename: str = "dhcpd.conf") -> Document:
     """Parse ``text`` losslessly.
 
@@ -132,6 +150,11 @@ def parse(text: str, filename: str = "dhcpd.conf") -> Document:
     file ends inside a statement: dhcpd rejects those too, and guessing would mean editing a
     file whose structure we do not know.
     """
+    with gc_paused():
+        return _parse(text, filename)
+
+
+def _parse(text: str, filename: str) -> Document:
     doc = Document(text, filename, [])
     items = doc.items
     stack: list[tuple[int, int, int, list[Node]]] = []  # lead, start, head_end, parent items
