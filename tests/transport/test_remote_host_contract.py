@@ -31,7 +31,8 @@ CONF = sample_config("primary").encode()
 class Harness(Protocol):
     """What a test needs beyond the protocol: set up failures and look behind the host's back."""
 
-    host: RemoteHost
+    @property
+    def host(self) -> RemoteHost: ...
 
     def mode(self, path: str) -> int: ...
     def set_mode(self, path: str, mode: int) -> None: ...

@@ -39,13 +39,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from types import MappingProxyType, TracebackType
-from typing import NoReturn, TypeVar
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import asyncssh
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt
 
-from worker.change.ports import CommandResult
+from worker.change.ports import CommandResult, Fleet, RemoteHost
 from worker.errors import (
     Ambiguous,
     CommandFailed,
@@ -484,7 +484,8 @@ class SshHost:
     async def _run(self, command: str) -> CommandResult:
         started = time.monotonic()
         _conn, process = await self._start(command)
-        process.stdin.write_eof()
+        with contextlib.suppress(OSError):  # commands get no input: EOF at once
+            process.stdin.write_eof()
         try:
             async with asyncio.timeout(self._options.command_timeout):
                 done = await process.wait(check=False)
@@ -686,3 +687,10 @@ def _reason(error: BaseException) -> str:
     if isinstance(error, OSError) and error.strerror:
         return error.strerror
     return str(error) or type(error).__name__
+
+
+if TYPE_CHECKING:
+
+    def _implements_the_ports(host: SshHost, fleet: SshFleet) -> tuple[RemoteHost, Fleet]:
+        """mypy proves here that the adapter satisfies the coordinator's protocols."""
+        return host, fleet

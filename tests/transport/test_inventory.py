@@ -1,0 +1,186 @@
+"""Inventory loading: strict validation, and errors that name the file, server and field."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.transport import Inventory, InventoryError, load_inventory
+
+GOOD = """
+[servers."dhcp1.example.net"]
+host = "192.0.2.10"
+username = "dhcpadmin"
+client_keys = ["keys/id_ed25519"]
+known_hosts = "known_hosts"
+config_path = "/etc/dhcp/dhcpd.conf"
+restart_command = "sudo systemctl restart isc-dhcp-server"
+verify_command = "systemctl is-active isc-dhcp-server"
+
+[servers."dhcp2.example.net"]
+host = "192.0.2.11"
+port = 2222
+username = "dhcpadmin"
+client_keys = ["keys/id_ed25519"]
+known_hosts = "known_hosts"
+config_path = "/etc/dhcp/dhcpd.conf"
+validate_command = "sudo dhcpd -t -cf {path}"
+restart_command = "sudo systemctl restart isc-dhcp-server"
+addresses = ["10.1.1.11", "2001:db8::11"]
+lock_path = "/run/lock/dhcp-failover.lock"
+"""
+
+
+@pytest.fixture
+def inventory_dir(tmp_path: Path) -> Path:
+    (tmp_path / "keys").mkdir()
+    (tmp_path / "keys" / "id_ed25519").write_text("not parsed at load time\n")
+    (tmp_path / "known_hosts").write_text("")
+    return tmp_path
+
+
+def _write(directory: Path, text: str) -> Path:
+    path = directory / "inventory.toml"
+    path.write_text(text)
+    return path
+
+
+def _error(directory: Path, text: str) -> InventoryError:
+    path = _write(directory, text)
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path)
+    assert str(path) in str(caught.value)
+    return caught.value
+
+
+def test_a_good_inventory_loads_with_defaults_filled_in(inventory_dir: Path) -> None:
+    inventory = load_inventory(_write(inventory_dir, GOOD))
+    one, two = inventory.servers["dhcp1.example.net"], inventory.servers["dhcp2.example.net"]
+    assert one.port == 22
+    assert one.validate_command == "dhcpd -t -cf {path}"
+    assert one.effective_lock_path == "/etc/dhcp/.dhcp-failover.lock"
+    assert one.verify_command == "systemctl is-active isc-dhcp-server"
+    assert two.port == 2222
+    assert two.verify_command is None
+    assert two.effective_lock_path == "/run/lock/dhcp-failover.lock"
+    assert inventory.source == inventory_dir / "inventory.toml"
+
+
+def test_relative_key_and_known_hosts_paths_are_relative_to_the_inventory_file(
+    inventory_dir: Path, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))
+    server = load_inventory(_write(inventory_dir, GOOD)).servers["dhcp1.example.net"]
+    assert server.client_keys == (inventory_dir / "keys" / "id_ed25519",)
+    assert server.known_hosts == inventory_dir / "known_hosts"
+
+
+def test_partner_lookup_matches_name_host_and_addresses(inventory_dir: Path) -> None:
+    inventory = load_inventory(_write(inventory_dir, GOOD))
+    assert inventory.server_for_address("192.0.2.10") == "dhcp1.example.net"
+    assert inventory.server_for_address("10.1.1.11") == "dhcp2.example.net"
+    assert inventory.server_for_address("2001:DB8:0::11") == "dhcp2.example.net"
+    assert inventory.server_for_address("DHCP2.example.net.") == "dhcp2.example.net"
+    assert inventory.server_for_address("192.0.2.99") is None
+
+
+def test_an_unknown_field_is_rejected_naming_server_and_field(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD.replace("port = 2222", 'port = 2222\npasword = "x"'))
+    assert (error.server, error.field) == ("dhcp2.example.net", "pasword")
+    assert "unknown field" in str(error)
+
+
+def test_an_unknown_top_level_table_is_rejected(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD + "\n[defaults]\nport = 22\n")
+    assert error.server is None
+    assert error.field == "defaults"
+
+
+def test_a_missing_required_field_is_named(inventory_dir: Path) -> None:
+    text = GOOD.replace('restart_command = "sudo systemctl restart isc-dhcp-server"\n', "", 1)
+    error = _error(inventory_dir, text)
+    assert (error.server, error.field) == ("dhcp1.example.net", "restart_command")
+    assert "dhcp1.example.net" in str(error) and "restart_command" in str(error)
+
+
+def test_a_wrongly_typed_port_is_named(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD.replace("port = 2222", 'port = "ssh"'))
+    assert (error.server, error.field) == ("dhcp2.example.net", "port")
+
+
+def test_a_port_out_of_range_is_rejected(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD.replace("port = 2222", "port = 70000"))
+    assert error.field == "port"
+
+
+def test_a_relative_config_path_is_rejected(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD.replace('"/etc/dhcp/dhcpd.conf"', '"dhcpd.conf"', 1))
+    assert (error.server, error.field) == ("dhcp1.example.net", "config_path")
+    assert "absolute" in str(error)
+
+
+def test_a_missing_client_key_file_is_named(inventory_dir: Path) -> None:
+    (inventory_dir / "keys" / "id_ed25519").unlink()
+    error = _error(inventory_dir, GOOD)
+    assert error.field is not None and error.field.startswith("client_keys")
+    assert "file not found" in str(error)
+
+
+def test_an_empty_client_key_list_is_rejected(inventory_dir: Path) -> None:
+    error = _error(
+        inventory_dir, GOOD.replace('client_keys = ["keys/id_ed25519"]', "client_keys = []", 1)
+    )
+    assert (error.server, error.field) == ("dhcp1.example.net", "client_keys")
+
+
+def test_a_missing_known_hosts_file_is_named(inventory_dir: Path) -> None:
+    (inventory_dir / "known_hosts").unlink()
+    error = _error(inventory_dir, GOOD)
+    assert error.field == "known_hosts"
+
+
+def test_file_checks_can_be_skipped_for_offline_tools(inventory_dir: Path) -> None:
+    (inventory_dir / "known_hosts").unlink()
+    assert isinstance(load_inventory(_write(inventory_dir, GOOD), check_files=False), Inventory)
+
+
+def test_a_validate_command_without_the_path_placeholder_is_rejected(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD.replace("sudo dhcpd -t -cf {path}", "sudo dhcpd -t"))
+    assert (error.server, error.field) == ("dhcp2.example.net", "validate_command")
+    assert "{path}" in str(error)
+
+
+def test_an_address_claimed_by_two_servers_is_rejected(inventory_dir: Path) -> None:
+    text = GOOD.replace('addresses = ["10.1.1.11"', 'addresses = ["dhcp1.example.net"')
+    error = _error(inventory_dir, text)
+    assert "dhcp1.example.net" in str(error) and "dhcp2.example.net" in str(error)
+
+
+def test_an_address_that_is_another_servers_host_is_rejected(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD.replace('"10.1.1.11"', '"192.0.2.10"'))
+    assert "192.0.2.10" in str(error)
+
+
+def test_an_inventory_without_servers_is_rejected(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, "servers = {}\n")
+    assert error.field == "servers"
+
+
+def test_text_that_is_not_toml_names_the_file_and_line(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD + "\nthis is not = = toml\n")
+    assert "not valid TOML" in str(error)
+    assert "line" in str(error)
+
+
+def test_a_missing_inventory_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(tmp_path / "absent.toml")
+    assert "absent.toml" in str(caught.value) and "not found" in str(caught.value)
+
+
+def test_every_problem_is_listed_not_just_the_first(inventory_dir: Path) -> None:
+    text = GOOD.replace("port = 2222", "port = 0").replace('username = "dhcpadmin"', "", 1)
+    error = _error(inventory_dir, text)
+    assert "port" in str(error) and "username" in str(error)
+    assert "1 more" in str(error)
