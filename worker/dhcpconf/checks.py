@@ -1,10 +1,18 @@
-"""Pair checks: do the two halves of a relationship describe one relationship?
+"""Checks on failover peers: alone (what dhcpd rejects) and as a pair (what it cannot see).
 
-Many wrong pairs pass ``dhcpd -t`` (both servers secondary, mclt on a secondary, split and hba
-together, port 70000, a negative mclt, no ``address``), and dhcpd checks one file at a time
-anyway, so these checks are the only guard against a change that would leave two servers
-that cannot talk to each other. Every violation has its own ``code`` and points at the file
-and line concerned; nothing is ever "fixed" silently.
+Two guards use the same list of per-peer checks, each with its own ``code``:
+
+* :func:`validate` -- before any edit, a ConfigError for every failover problem dhcpd itself
+  rejects (a primary without split/hba or mclt, a peer without pools, a pool naming an
+  undeclared peer, a value that is not a number ...). The engine never edits a file dhcpd
+  would refuse: the edit could hide the problem ("fix" the file) or build on a misreading.
+* :func:`check_pair` -- before a change, every violation of either half *and* of the pair.
+  Many wrong pairs pass ``dhcpd -t`` (both servers secondary, mclt on a secondary, split and
+  hba together, port 70000, a negative mclt, no ``address``), and dhcpd checks one file at a
+  time anyway, so these checks are the only guard against two servers that cannot talk.
+
+Every violation says precisely what is wrong and where (file and line); nothing is ever
+"fixed" silently.
 """
 
 from __future__ import annotations
@@ -15,39 +23,53 @@ from dataclasses import dataclass
 from worker.dhcpconf.configset import ConfigSet
 from worker.dhcpconf.failover import NUMERIC_KEYS, PeerDecl, PeerParam
 from worker.dhcpconf.lexer import is_number
-from worker.errors import PairMismatch, PeerNotFound, Rejected, RoleMismatch
+from worker.errors import ConfigError, PairMismatch, PeerNotFound, Rejected, RoleMismatch
 
 #: dhcpd's DEFAULT_FAILOVER_PORT, used for an absent ``port`` / ``peer port``.
 DEFAULT_PORT = 647
 _U32 = 2**32 - 1
 _HBA_RE = re.compile(r"[0-9A-Fa-f]{1,2}(?::[0-9A-Fa-f]{1,2}){31}")
+_NUMERIC = NUMERIC_KEYS | {"peer port", "peer max-response-delay", "peer max-unacked-updates"}
 
 
 @dataclass(frozen=True)
 class Violation:
-    """One failed check: which error class, its code, a precise message and where."""
+    """One failed check: error class, code, message, where, and whether dhcpd rejects it."""
 
     kind: type[Rejected]
     code: str
     message: str
     file: str
     line: int | None
+    dhcpd_rejects: bool = False
 
-    def error(self, name: str, others: list[Violation]) -> Rejected:
-        where = self.file if self.line is None else f"{self.file}:{self.line}"
-        return self.kind(
-            f"{where}: failover peer {name!r}: {self.message}",
-            code=self.code,
-            detail={
-                "name": name,
-                "file": self.file,
-                "line": self.line,
-                "violations": [
-                    {"code": v.code, "message": v.message, "file": v.file, "line": v.line}
-                    for v in others
-                ],
-            },
-        )
+    @property
+    def where(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"code": self.code, "message": self.message, "file": self.file, "line": self.line}
+
+
+def validate(cs: ConfigSet) -> None:
+    """ConfigError for the first failover problem in ``cs`` that dhcpd would reject."""
+    for ref in cs.references:
+        if ref.name not in cs.declarations:
+            line = ref.doc.line(ref.node.start)
+            raise ConfigError(
+                f"failover peer {ref.name!r} is referenced but not declared "
+                "(dhcpd: failover peer not found)",
+                file=ref.doc.filename, line=line, column=ref.doc.location(ref.node.start)[1],
+                code="undeclared_peer",
+            )
+    for name, decl in cs.declarations.items():
+        for v in peer_violations(decl, pools=len(cs.references_to(name))):
+            if v.dhcpd_rejects:
+                raise ConfigError(
+                    f"failover peer {name!r}: {v.message} (dhcpd rejects this too; "
+                    "fix the file first)",
+                    file=v.file, line=v.line, code=v.code,
+                )
 
 
 def check_pair(primary: ConfigSet, secondary: ConfigSet, name: str) -> None:
@@ -55,7 +77,17 @@ def check_pair(primary: ConfigSet, secondary: ConfigSet, name: str) -> None:
     relationship ``name`` between ``primary`` and ``secondary``; ``detail`` lists them all."""
     found = pair_violations(primary, secondary, name)
     if found:
-        raise found[0].error(name, found)
+        first = found[0]
+        raise first.kind(
+            f"{first.where}: failover peer {name!r}: {first.message}",
+            code=first.code,
+            detail={
+                "name": name,
+                "file": first.file,
+                "line": first.line,
+                "violations": [v.as_dict() for v in found],
+            },
+        )
 
 
 def pair_violations(primary: ConfigSet, secondary: ConfigSet, name: str) -> list[Violation]:
@@ -77,15 +109,13 @@ def pair_violations(primary: ConfigSet, secondary: ConfigSet, name: str) -> list
     p, s = primary.declarations[name], secondary.declarations[name]
     found = _roles(p, s)
     for side, decl in (("primary", p), ("secondary", s)):
-        found += _values(side, decl)
-    found += _placement(p, s)
+        found += peer_violations(decl, side=side)
     found += _mirroring(p, s)
     return found
 
 
 def _at(decl: PeerDecl, param: PeerParam | None = None) -> tuple[str, int]:
-    line = decl.doc.line(param.node.start) if param else decl.line
-    return decl.file, line
+    return decl.file, decl.doc.line(param.node.start) if param else decl.line
 
 
 def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
@@ -109,7 +139,7 @@ def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
                 "roles_not_complementary",
                 f"both servers declare '{p.role};' ({p.file}:{p.line} and {s.file}:{s.line}); "
                 "one must be primary and the other secondary",
-                *_at(p if p.role == "secondary" else s),
+                *_at(s if p.role == "primary" else p),
             )
         ]
     if p.role != "primary":
@@ -117,7 +147,7 @@ def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
             Violation(
                 RoleMismatch,
                 "roles_swapped",
-                f"the server named as primary declares 'secondary;' and the server named as "
+                "the server named as primary declares 'secondary;' and the server named as "
                 f"secondary declares 'primary;' ({s.file}:{s.line})",
                 *_at(p),
             )
@@ -125,93 +155,85 @@ def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
     return []
 
 
-def _values(side: str, decl: PeerDecl) -> list[Violation]:
-    """One side on its own: required statements, numbers, ranges."""
+def peer_violations(decl: PeerDecl, side: str = "", pools: int | None = None) -> list[Violation]:
+    """One peer block on its own: required statements, numbers, ranges, and what belongs to
+    the primary only. ``pools`` (when known) is how many pools reference it."""
     found: list[Violation] = []
+    prefix = f"on the {side}: " if side else ""
 
-    def add(kind: type[Rejected], code: str, message: str, param: PeerParam | None) -> None:
-        found.append(Violation(kind, code, f"on the {side}: {message}", *_at(decl, param)))
+    def add(code: str, message: str, param: PeerParam | None, rejects: bool) -> None:
+        found.append(Violation(PairMismatch, code, prefix + message, *_at(decl, param), rejects))
 
-    for key, code in (("address", "address_missing"), ("peer address", "peer_address_missing")):
-        if decl.get(key) is None:
-            add(PairMismatch, code, f"'{key}' is missing", None)
+    if decl.get("address") is None:
+        add("address_missing", "'address' is missing", None, False)
+    if decl.get("peer address") is None:
+        add("peer_address_missing", "'peer address' is missing", None, True)
     for param in decl.params:
-        key, value = param.key, param.value
-        if key in NUMERIC_KEYS or key in ("peer port", "peer max-response-delay",
-                                          "peer max-unacked-updates"):
-            if not is_number(value):
-                add(PairMismatch, "value_not_numeric",
-                    f"'{key}' must be a number, not {value!r}", param)
-                continue
-            number = int(value)
-            if key.endswith("port") and not 1 <= number <= 65535:
-                add(PairMismatch, "port_out_of_range",
-                    f"'{key} {value}' is outside 1-65535", param)
-            elif key == "mclt" and number < 0:
-                add(PairMismatch, "mclt_negative", f"'mclt {value}' is negative", param)
-            elif key == "split" and not 0 <= number <= 255:
-                add(PairMismatch, "split_out_of_range",
-                    f"'split {value}' is outside 0-255", param)
-            elif not 0 <= number <= _U32:
-                add(PairMismatch, "value_out_of_range",
-                    f"'{key} {value}' is outside 0-{_U32}", param)
-        elif key == "hba" and not _HBA_RE.fullmatch(value):
-            add(PairMismatch, "hba_invalid",
-                "'hba' must be 32 colon-separated hexadecimal bytes", param)
+        for code, message, rejects in _value_problems(param):
+            add(code, message, param, rejects)
+    split, hba = decl.get("split"), decl.get("hba")
+    if decl.role == "primary":
+        if split is not None and hba is not None:
+            add("split_and_hba", "the primary declares both 'split' and 'hba'; use one", hba,
+                False)
+        if split is None and hba is None:
+            add("split_missing", "the primary declares neither 'split' nor 'hba'", None, True)
+        if decl.get("mclt") is None:
+            add("mclt_missing", "the primary declares no 'mclt'", None, True)
+    else:
+        for key, misplaced in (("split", split), ("hba", hba), ("mclt", decl.get("mclt"))):
+            if misplaced is not None:
+                add(f"{key}_on_secondary",
+                    f"the secondary declares '{key}', which only the primary may", misplaced,
+                    key != "mclt")
+    if pools == 0:
+        add("peer_without_pools", "no pool references it", None, True)
     return found
 
 
-def _placement(p: PeerDecl, s: PeerDecl) -> list[Violation]:
-    """Load balancing and mclt belong to the primary only, and exactly one of split/hba."""
-    found: list[Violation] = []
-    for key in ("split", "hba", "mclt"):
-        param = s.get(key)
-        if param is not None:
-            found.append(Violation(
-                PairMismatch, f"{key}_on_secondary",
-                f"the secondary declares '{key}', which only the primary may", *_at(s, param),
-            ))
-    split, hba = p.get("split"), p.get("hba")
-    if split is not None and hba is not None:
-        found.append(Violation(
-            PairMismatch, "split_and_hba",
-            "the primary declares both 'split' and 'hba'; use one of them", *_at(p, hba),
-        ))
-    if split is None and hba is None:
-        found.append(Violation(
-            PairMismatch, "split_missing",
-            "the primary declares neither 'split' nor 'hba'", *_at(p),
-        ))
-    if p.get("mclt") is None:
-        found.append(Violation(
-            PairMismatch, "mclt_missing", "the primary declares no 'mclt'", *_at(p),
-        ))
-    return found
+def _value_problems(param: PeerParam) -> list[tuple[str, str, bool]]:
+    """(code, message, dhcpd rejects it) for a statement's value."""
+    key, value = param.key, param.value
+    if key == "hba":
+        if _HBA_RE.fullmatch(value):
+            return []
+        return [("hba_invalid", "'hba' must be 32 colon-separated hexadecimal bytes", True)]
+    if key not in _NUMERIC:
+        return []
+    if not is_number(value):
+        return [("value_not_numeric", f"'{key}' must be a number, not {value!r}", True)]
+    number = int(value)
+    if key.endswith("port") and not 1 <= number <= 65535:
+        return [("port_out_of_range", f"'{key} {value}' is outside 1-65535", False)]
+    if key == "mclt" and number < 0:
+        return [("mclt_negative", f"'mclt {value}' is negative", False)]
+    if key == "split" and not 0 <= number <= 255:
+        return [("split_out_of_range", f"'split {value}' is outside 0-255", True)]
+    if not 0 <= number <= _U32:
+        return [("value_out_of_range", f"'{key} {value}' is outside 0-{_U32}", False)]
+    return []
 
 
 def _mirroring(p: PeerDecl, s: PeerDecl) -> list[Violation]:
     """Each side's ``address``/``port`` must be the other's ``peer address``/``peer port``."""
     found: list[Violation] = []
-    for mine, theirs, who in (("address", "peer address", "primary"),
-                              ("peer address", "address", "secondary")):
+    for mine, theirs in (("address", "peer address"), ("peer address", "address")):
         a, b = p.get(mine), s.get(theirs)
         if a is not None and b is not None and a.value.lower() != b.value.lower():
             found.append(Violation(
                 PairMismatch, "address_mismatch",
-                f"the {who}'s address differs: primary '{mine} {a.value}' "
-                f"({p.file}:{p.doc.line(a.node.start)}) but secondary '{theirs} {b.value}' "
-                f"({s.file}:{s.doc.line(b.node.start)})",
+                f"the primary's '{mine} {a.value}' does not match the secondary's "
+                f"'{theirs} {b.value}' ({s.file}:{s.doc.line(b.node.start)})",
                 *_at(p, a),
             ))
-    for mine, theirs, who in (("port", "peer port", "primary"),
-                              ("peer port", "port", "secondary")):
+    for mine, theirs in (("port", "peer port"), ("peer port", "port")):
         a, b = p.get(mine), s.get(theirs)
         pa, sb = _port(a), _port(b)
         if pa is not None and sb is not None and pa != sb:
             found.append(Violation(
                 PairMismatch, "port_mismatch",
-                f"the {who}'s port differs: primary '{mine} {pa}' but secondary "
-                f"'{theirs} {sb}' (an absent port is {DEFAULT_PORT})",
+                f"the primary's '{mine} {pa}' does not match the secondary's '{theirs} {sb}' "
+                f"(an absent port is {DEFAULT_PORT})",
                 *(_at(p, a) if a is not None else _at(s, b)),
             ))
     return found

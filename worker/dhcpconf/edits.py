@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from worker.dhcpconf.checks import validate
 from worker.dhcpconf.configset import ConfigSet
 from worker.dhcpconf.failover import PeerDecl, Reference, Role
 from worker.dhcpconf.lexer import is_number
@@ -98,6 +99,7 @@ def modify(cs: ConfigSet, name: str, settings: PeerSettings) -> dict[str, str]:
     """Set the relationship's parameters in the peer block ``name``, for the role the block
     declares; statements already at the value are left byte for byte."""
     settings.validate()
+    validate(cs)
     decl = cs.declaration(name)
     patches: list[Patch] = []
     missing: list[str] = []
@@ -162,6 +164,7 @@ def remove(
     On a server whose block declares ``secondary``, ``action`` decides what happens to the
     pools that referenced it; on the primary they always just lose the reference.
     """
+    validate(cs)
     patches: dict[str, list[Patch]] = {}
 
     def add(doc: Document, patch: Patch) -> None:

@@ -200,6 +200,7 @@ def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:
                 f"failover peer {name!r}: unrecognised statement {doc.label(node)!r} "
                 "(dhcpd: invalid statement in peer declaration)",
                 bad.start,
+                code="peer_statement_unrecognised",
             )
         if not value_tokens:
             raise doc.error(f"failover peer {name!r}: {key!r} has no value", node.start)
