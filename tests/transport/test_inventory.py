@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.transport import Inventory, InventoryError, load_inventory
+from worker.transport import InventoryError, SshFleet, load_inventory
 
 GOOD = """
 [servers."dhcp1.example.net"]
@@ -120,29 +120,31 @@ def test_a_relative_config_path_is_rejected(inventory_dir: Path) -> None:
     assert "absolute" in str(error)
 
 
-def test_a_missing_client_key_file_is_named(inventory_dir: Path) -> None:
+def test_a_missing_client_key_file_is_named_when_files_are_checked(inventory_dir: Path) -> None:
     (inventory_dir / "keys" / "id_ed25519").unlink()
-    error = _error(inventory_dir, GOOD)
-    assert error.field is not None and error.field.startswith("client_keys")
-    assert "file not found" in str(error)
+    path = _write(inventory_dir, GOOD)
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path, check_files=True)
+    assert (caught.value.server, caught.value.field) == ("dhcp1.example.net", "client_keys.0")
+    assert str(path) in str(caught.value)
+    assert "file not found" in str(caught.value)
 
 
 def test_an_empty_client_key_list_is_rejected(inventory_dir: Path) -> None:
-    error = _error(
-        inventory_dir, GOOD.replace('client_keys = ["keys/id_ed25519"]', "client_keys = []", 1)
-    )
+    text = GOOD.replace('client_keys = ["keys/id_ed25519"]', "client_keys = []", 1)
+    error = _error(inventory_dir, text)
     assert (error.server, error.field) == ("dhcp1.example.net", "client_keys")
 
 
-def test_a_missing_known_hosts_file_is_named(inventory_dir: Path) -> None:
+def test_the_ssh_fleet_refuses_an_inventory_whose_known_hosts_is_missing(
+    inventory_dir: Path,
+) -> None:
     (inventory_dir / "known_hosts").unlink()
-    error = _error(inventory_dir, GOOD)
-    assert error.field == "known_hosts"
-
-
-def test_file_checks_can_be_skipped_for_offline_tools(inventory_dir: Path) -> None:
-    (inventory_dir / "known_hosts").unlink()
-    assert isinstance(load_inventory(_write(inventory_dir, GOOD), check_files=False), Inventory)
+    inventory = load_inventory(_write(inventory_dir, GOOD))  # fine for offline tools
+    with pytest.raises(InventoryError) as caught:
+        SshFleet(inventory)
+    assert caught.value.field == "known_hosts"
+    assert "inventory.toml" in str(caught.value)
 
 
 def test_a_validate_command_without_the_path_placeholder_is_rejected(inventory_dir: Path) -> None:

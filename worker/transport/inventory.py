@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import posixpath
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -86,17 +86,12 @@ class ServerEntry(BaseModel):
     @field_validator("client_keys", "known_hosts", mode="after")
     @classmethod
     def _resolve_local_files(cls, value: Any, info: ValidationInfo) -> Any:
-        """Relative paths are relative to the inventory file; the files must exist now."""
+        """Relative paths are relative to the inventory file, not to the working directory."""
         base = (info.context or {}).get("base_dir")
-        check = (info.context or {}).get("check_files", True)
 
         def resolve(p: Path) -> Path:
             p = p.expanduser()
-            if not p.is_absolute() and base is not None:
-                p = Path(base) / p
-            if check and not p.is_file():
-                raise ValueError(f"file not found: {p}")
-            return p
+            return Path(base) / p if not p.is_absolute() and base is not None else p
 
         if isinstance(value, tuple):
             return tuple(resolve(p) for p in value)
@@ -180,6 +175,22 @@ class Inventory(BaseModel):
     def server(self, name: str) -> ServerEntry | None:
         return self.servers.get(name)
 
+    def check_files(self) -> None:
+        """Raise :class:`InventoryError` unless every client key and known_hosts file exists.
+
+        Separate from loading because an inventory written for another machine (a container's
+        mounts, say) is still worth validating; the SSH fleet checks before it connects.
+        """
+        problems: list[tuple[str, str, str]] = []
+        for name, entry in self.servers.items():
+            for i, key in enumerate(entry.client_keys):
+                if not key.is_file():
+                    problems.append((name, f"client_keys.{i}", f"file not found: {key}"))
+            if not entry.known_hosts.is_file():
+                problems.append((name, "known_hosts", f"file not found: {entry.known_hosts}"))
+        if problems:
+            raise _combine(self._source or "<inventory>", problems)
+
     def server_for_address(self, address: str) -> str | None:
         """The inventory name whose name, ``addresses`` entry or host is ``address``.
 
@@ -206,11 +217,11 @@ def _same_address(a: str, b: str) -> bool:
     return _normalise(a) == _normalise(b)
 
 
-def load_inventory(path: Path | str, *, check_files: bool = True) -> Inventory:
+def load_inventory(path: Path | str, *, check_files: bool = False) -> Inventory:
     """Read and validate an inventory file; raise :class:`InventoryError` on any problem.
 
-    ``check_files=False`` skips the existence check of client keys and known_hosts (for tools
-    that only need names and paths, never a connection).
+    ``check_files=True`` also requires the client keys and known_hosts files to exist here
+    (:class:`~worker.transport.ssh.SshFleet` always checks that before connecting).
     """
     file = Path(path).expanduser().resolve()
     try:
@@ -227,17 +238,17 @@ def load_inventory(path: Path | str, *, check_files: bool = True) -> Inventory:
 
 
 def parse_inventory(
-    raw: Mapping[str, Any], file: Path | str, *, check_files: bool = True
+    raw: Mapping[str, Any], file: Path | str, *, check_files: bool = False
 ) -> Inventory:
     """Validate already-parsed TOML data; ``file`` names it in errors and anchors relative paths."""
     file = Path(file)
     try:
-        inventory = Inventory.model_validate(
-            raw, context={"base_dir": file.parent, "check_files": check_files}
-        )
+        inventory = Inventory.model_validate(raw, context={"base_dir": file.parent})
     except ValidationError as e:
         raise _inventory_error(file, e) from None
     inventory._source = file
+    if check_files:
+        inventory.check_files()
     return inventory
 
 
@@ -256,6 +267,12 @@ def _inventory_error(file: Path, error: ValidationError) -> InventoryError:
         if item["type"] == "extra_forbidden":
             message = "unknown field (not allowed)"
         problems.append((server, field, message))
+    return _combine(file, problems)
+
+
+def _combine(
+    file: Path | str, problems: Sequence[tuple[str | None, str | None, str]]
+) -> InventoryError:
     server, field, message = problems[0]
     if len(problems) > 1:
         more = "; ".join(

@@ -618,13 +618,18 @@ class _ChangeLock(AbstractAsyncContextManager[None]):
 
 
 class SshFleet:
-    """The inventory's servers over SSH: one pooled :class:`SshHost` per server name."""
+    """The inventory's servers over SSH: one pooled :class:`SshHost` per server name.
+
+    Raises :class:`~worker.transport.inventory.InventoryError` at once if a client key or
+    known_hosts file is missing: better at start-up than in the middle of a change.
+    """
 
     def __init__(self, inventory: Inventory, settings: Settings | SshOptions | None = None) -> None:
         if isinstance(settings, Settings):
             options = SshOptions.from_settings(settings)
         else:
             options = settings or SshOptions()
+        inventory.check_files()
         self._inventory = inventory
         self._hosts = {name: SshHost(name, s, options) for name, s in inventory.servers.items()}
 
