@@ -183,7 +183,9 @@ async def _probe(host: RemoteHost, f: FileChange) -> FileState:
         return "unknown"
 
 
-def rollback_failed_error(changes: Sequence[ServerChange], cause: WorkerError) -> WorkerError:
+def rollback_failed_error(
+    changes: Sequence[ServerChange], cause: WorkerError, headline: str | None = None
+) -> WorkerError:
     """The error of a ``rollback_failed`` result: which server holds which file, and why."""
     changed = changed_only(changes)
     attention = [c for c in changed if c.needs_operator]
@@ -193,7 +195,7 @@ def rollback_failed_error(changes: Sequence[ServerChange], cause: WorkerError) -
         for c in attention
     ]
     return WorkerError(
-        f"rollback failed after: {cause.message}; " + "; ".join(parts),
+        (headline or f"rollback failed after: {cause.message}") + "; " + "; ".join(parts),
         code="rollback_failed",
         server=attention[0].name if attention else cause.server,
         phase=Phase.rollback,

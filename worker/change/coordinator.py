@@ -214,13 +214,12 @@ async def _record_conflict(run: _Run, resumed: recovery.Resumed) -> ResultData:
     for change in changed_only(resumed.changes):
         change.needs_operator = change.state() != "old" or change.restart_attempted
     cause = recovery.interrupted(resumed.changes, resumed.reason)
-    cause.message = f"an earlier run of this request was cut off and {resumed.reason}"
-    result = run.result(
-        Outcome.rollback_failed,
-        resumed.changes,
-        rollback_failed_error(resumed.changes, cause),
-        resumed.warnings,
+    headline = (
+        f"an earlier run of this request was cut off mid-commit and {resumed.reason}; "
+        "nothing was touched"
     )
+    error = rollback_failed_error(resumed.changes, cause, headline)
+    result = run.result(Outcome.rollback_failed, resumed.changes, error, resumed.warnings)
     return await _record(resumed.changes, result)
 
 

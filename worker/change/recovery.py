@@ -143,7 +143,7 @@ def decide(
         return "replan", "nothing had gone live"
     unknown = [f"{c.name}:{f.path}" for c in changed for f in c.files if f.state == "unknown"]
     if unknown:
-        return "conflict", "changed by someone else meanwhile: " + ", ".join(unknown)
+        return "conflict", "since then someone else changed " + ", ".join(unknown)
     if steps & {Step.restoring, Step.rolled_back}:
         return "back", "a rollback was under way"
     missing = [n for n, j in journals.items() if j is None]

@@ -1,0 +1,712 @@
+"""The coordinator against in-memory hosts: every end of a change, fast.
+
+The same scenarios run against real sshd and real dhcpd in test_coordinator_ssh.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+import structlog
+
+from tests.change.conftest import KnobHost, SimulatedCrash, World, in_dir, make_world
+from tests.change.helpers import (
+    PRIMARY_AFTER,
+    PRIMARY_CONF,
+    SCOPES,
+    SECONDARY_AFTER,
+    SECONDARY_CONF,
+    backups,
+    is_temp,
+    journals,
+    modify_request,
+    remove_request,
+    sha,
+    without_durations,
+)
+from worker.change.coordinator import ChangeOptions, execute
+from worker.demo import PRIMARY, SECONDARY
+from worker.messages import Outcome, Phase
+
+pytestmark = pytest.mark.timeout(20)
+
+FAST = ChangeOptions(lock_timeout=0.2)
+
+
+def assert_untouched(world: World) -> None:
+    """Both live files as they were, nothing left beside them, no lock held, no restart."""
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    for host in world.hosts.values():
+        assert in_dir(host) == [host.config_path]
+        assert host.restart_count() == 0
+    assert world.locked() == []
+
+
+def restarts_in_order(world: World) -> list[str]:
+    return [name for name, *op in world.timeline if op == ["restart"]]
+
+
+# -- succeeded -------------------------------------------------------------------------------
+
+
+async def test_modify_changes_both_servers_and_restarts_primary_then_secondary(
+    world: World,
+) -> None:
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert world.secondary.config == SECONDARY_AFTER.encode()
+    assert restarts_in_order(world) == [PRIMARY, SECONDARY]
+    assert [s.name for s in result.servers] == [PRIMARY, SECONDARY]
+    assert all(s.changed and s.restarted and s.state == "new" for s in result.servers)
+    assert result.error is None and not result.dryRun
+
+
+async def test_modify_reports_hashes_and_diff_of_each_main_config(world: World) -> None:
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    primary, secondary = result.servers
+    assert primary.role == "primary" and secondary.role == "secondary"
+    assert primary.sha256Before == sha(PRIMARY_CONF)
+    assert primary.sha256After == sha(PRIMARY_AFTER) == sha(world.primary.config)
+    assert secondary.sha256After == sha(SECONDARY_AFTER)
+    assert "-  mclt 3600;\n+  mclt 1800;\n" in primary.diff
+    assert primary.diff.startswith("--- a/etc/dhcp/dhcpd.conf\n+++ b/etc/dhcp/dhcpd.conf\n")
+    assert "mclt" not in secondary.diff and "+  port 648;" in secondary.diff
+    assert primary.files == {"/etc/dhcp/dhcpd.conf": "new"}
+    assert result.durationMs >= 0 and primary.durationMs is not None
+
+
+async def test_commit_keeps_a_backup_removes_every_temp_file_and_releases_locks(
+    world: World,
+) -> None:
+    await execute(modify_request(), "req-modify-1", world.fleet)
+
+    for host, before in ((world.primary, PRIMARY_CONF), (world.secondary, SECONDARY_CONF)):
+        names = in_dir(host)
+        assert not [n for n in names if is_temp(n)]
+        (backup,) = backups(names)
+        assert host.files[backup] == before.encode()
+        assert host.modes[backup] == 0o640  # like the live file
+        assert len(journals(names)) == 1
+    assert world.locked() == []
+
+
+async def test_locks_are_taken_in_name_order_whatever_the_commit_order(world: World) -> None:
+    # Remove anchored on the secondary commits dhcp2 first, but locks dhcp1 first.
+    result = await execute(remove_request(server=SECONDARY), "req-remove-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded
+    locks = [name for name, *op in world.timeline if op == ["lock"]]
+    assert locks == [PRIMARY, SECONDARY]
+    assert restarts_in_order(world) == [SECONDARY, PRIMARY]
+
+
+async def test_a_change_already_in_place_succeeds_without_lock_or_write(world: World) -> None:
+    request = modify_request(Mclt=3600, Port=647)
+
+    result = await execute(request, "req-noop", world.fleet)
+
+    assert result.outcome is Outcome.succeeded
+    assert [s.changed for s in result.servers] == [False, False]
+    assert [s.state for s in result.servers] == ["new", "new"]
+    assert world.timeline == []  # no lock, no write, no restart
+    assert_untouched(world)
+
+
+# -- remove ----------------------------------------------------------------------------------
+
+
+async def test_remove_disable_denies_clients_in_the_secondarys_pools(world: World) -> None:
+    result = await execute(remove_request(action="Disable"), "req-remove-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    primary, secondary = world.primary.config.decode(), world.secondary.config.decode()
+    for text in (primary, secondary):
+        assert 'failover peer "' not in text
+    assert secondary.count("deny all clients;") == 2
+    assert "deny all clients;" not in primary
+    assert "range 10.20.0.100 10.20.0.199;" in primary
+    assert result.warnings == []
+
+
+async def test_remove_delete_drops_the_secondarys_scopes(world: World) -> None:
+    result = await execute(remove_request(action="Delete"), "req-remove-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    secondary = world.secondary.config.decode()
+    for scope in SCOPES:
+        assert scope not in secondary
+        assert scope in world.primary.config.decode()
+    assert "subnet 192.0.2.0 netmask 255.255.255.0" in secondary
+
+
+async def test_remove_none_warns_that_both_servers_lease_the_same_scopes(world: World) -> None:
+    result = await execute(remove_request(action="None"), "req-remove-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert "range 10.20.0.100 10.20.0.199;" in world.secondary.config.decode()
+    assert "deny all clients;" not in world.secondary.config.decode()
+    (warning,) = result.warnings
+    assert PRIMARY in warning and SECONDARY in warning
+    assert all(scope in warning for scope in SCOPES)
+
+
+async def test_remove_finds_the_partner_from_the_peer_address(world: World) -> None:
+    result = await execute(remove_request(server=SECONDARY), "req-remove-1", world.fleet)
+
+    assert [(s.name, s.role) for s in result.servers] == [
+        (SECONDARY, "secondary"),
+        (PRIMARY, "primary"),
+    ]
+    assert 'failover peer "' not in world.primary.config.decode()
+
+
+async def test_remove_of_two_relationships_changes_three_servers_as_one() -> None:
+    # dhcp-b is secondary of "ab" (with dhcp-a) and primary of "bc" (with dhcp-c).
+    def peer(name: str, role: str, me: str, other: str) -> str:
+        mclt = "  mclt 1800;\n  split 128;\n" if role == "primary" else ""
+        return (
+            f'failover peer "{name}" {{\n  {role};\n  address {me};\n  port 647;\n'
+            f"  peer address {other};\n  peer port 647;\n  max-response-delay 60;\n"
+            f"  max-unacked-updates 10;\n{mclt}  load balance max seconds 3;\n}}\n"
+        )
+
+    def subnet(net: str, name: str) -> str:
+        return (
+            f"subnet {net}.0 netmask 255.255.255.0 {{\n  pool {{\n"
+            f'    failover peer "{name}";\n    range {net}.10 {net}.20;\n  }}\n}}\n'
+        )
+
+    a, b, c = "dhcp-a", "dhcp-b", "dhcp-c"
+    world = make_world(
+        {
+            a: peer("ab", "primary", "192.0.2.1", "192.0.2.2") + subnet("10.1.1", "ab"),
+            b: peer("ab", "secondary", "192.0.2.2", "192.0.2.1")
+            + subnet("10.1.1", "ab")
+            + peer("bc", "primary", "192.0.2.2", "192.0.2.3")
+            + subnet("10.2.2", "bc"),
+            c: peer("bc", "secondary", "192.0.2.3", "192.0.2.2") + subnet("10.2.2", "bc"),
+        },
+        {a: ("192.0.2.1",), b: ("192.0.2.2",), c: ("192.0.2.3",)},
+    )
+
+    result = await execute(remove_request(server=b, name=["ab", "bc"]), "req-3", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert [s.name for s in result.servers] == [b, a, c]
+    for host in world.hosts.values():
+        assert b"failover peer" not in host.config
+        assert host.restart_count() == 1
+    assert [n for n, *op in world.timeline if op == ["lock"]] == [a, b, c]
+
+
+# -- rejected --------------------------------------------------------------------------------
+
+
+async def test_unknown_server_is_rejected_without_contacting_any_server(world: World) -> None:
+    request = modify_request().model_copy(deep=True)
+    params = request.params.model_copy(update={"secondary_server": "dhcp9.example.net"})
+    request = request.model_copy(update={"params": params})
+
+    result = await execute(request, "req-unknown", world.fleet)
+
+    assert result.outcome is Outcome.rejected
+    assert result.error is not None and result.error.code == "unknown_server"
+    assert "dhcp9.example.net" in result.error.message
+    assert world.timeline == []
+    assert_untouched(world)
+
+
+async def test_remove_whose_peer_address_is_not_in_the_inventory_is_rejected(
+    world: World,
+) -> None:
+    world.secondary.addresses = ()  # 192.0.2.11 no longer names an inventory server
+
+    result = await execute(remove_request(), "req-remove-1", world.fleet)
+
+    assert result.outcome is Outcome.rejected
+    assert result.error is not None and "192.0.2.11" in result.error.message
+    assert "not a server in the inventory" in result.error.message
+    assert_untouched(world)
+
+
+async def test_a_relationship_that_does_not_exist_is_rejected(world: World) -> None:
+    result = await execute(remove_request(name="no-such-peer"), "req-remove-1", world.fleet)
+
+    assert result.outcome is Outcome.rejected
+    assert result.error is not None and result.error.code == "peer_not_found"
+    assert_untouched(world)
+
+
+async def test_a_missing_include_is_rejected_naming_the_file(world: World) -> None:
+    world.primary.files[world.primary.config_path] += b'include "pools.d/office.conf";\n'
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rejected
+    assert result.error is not None and result.error.code == "config_error"
+    assert "/etc/dhcp/pools.d/office.conf" in result.error.message
+    assert result.error.server == PRIMARY
+
+
+async def test_an_unsafe_request_id_is_rejected(world: World) -> None:
+    result = await execute(modify_request(), "../../etc/passwd", world.fleet)
+
+    assert result.outcome is Outcome.rejected
+    assert result.error is not None and result.error.code == "invalid_request_id"
+    assert world.timeline == []
+
+
+# -- failed ----------------------------------------------------------------------------------
+
+
+def refuse_with_dhcpd_error(path: str, data: bytes) -> tuple[bool, str]:
+    return False, (
+        f"Internet Systems Consortium DHCP Server 4.4.3-P1\n"
+        f"{path} line 17: semicolon expected.\n  port 648\n   ^\n"
+        "Configuration file errors encountered -- exiting\n"
+    )
+
+
+async def test_validation_failure_on_one_server_fails_with_nothing_changed(
+    world: World,
+) -> None:
+    world.secondary.validator = refuse_with_dhcpd_error
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.failed
+    error = result.error
+    assert error is not None and error.code == "validation_failed"
+    assert error.server == SECONDARY and error.phase is Phase.validate
+    assert error.detail["file"] == "/etc/dhcp/dhcpd.conf"  # the real name, not the temp one
+    assert error.detail["line"] == 17
+    assert "semicolon expected" in error.message
+    assert ".new" not in error.detail["output"]
+    assert [s.state for s in result.servers] == ["old", "old"]
+    assert_untouched(world)
+
+
+async def test_lock_held_by_another_change_fails_after_a_bounded_wait(world: World) -> None:
+    async with world.secondary.lock(1):
+        result = await execute(modify_request(), "req-modify-1", world.fleet, FAST)
+
+    assert result.outcome is Outcome.failed
+    assert result.error is not None and result.error.code == "lock_timeout"
+    assert result.error.server == SECONDARY
+    assert_untouched(world)
+
+
+async def test_config_changed_between_plan_and_commit_is_not_overwritten(
+    world: World,
+) -> None:
+    edited = SECONDARY_CONF.encode() + b"# edited by hand\n"
+
+    def edit_by_hand(host: KnobHost) -> None:
+        host.files[host.config_path] = edited
+
+    world.secondary.on_lock = edit_by_hand
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.failed
+    assert result.error is not None and result.error.code == "concurrent_change"
+    assert result.error.server == SECONDARY
+    assert world.secondary.config == edited
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert not [n for h in world.hosts.values() for n in in_dir(h) if is_temp(n)]
+    assert world.locked() == []
+
+
+async def test_unreachable_server_fails_in_plan(world: World) -> None:
+    world.secondary.unreachable = True
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.failed
+    assert result.error is not None and result.error.code == "unreachable"
+    assert result.error.phase is Phase.plan
+    assert world.primary.config == PRIMARY_CONF.encode()
+
+
+# -- rolled_back / rollback_failed -----------------------------------------------------------
+
+
+async def test_restart_failure_on_secondary_restores_and_restarts_both(world: World) -> None:
+    world.secondary.restart_failures = 1
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rolled_back
+    error = result.error
+    assert error is not None and error.code == "command_failed"
+    assert error.server == SECONDARY and error.phase is Phase.commit
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    assert world.primary.restart_count() == 2  # on the new file, then on the old one again
+    assert restarts_in_order(world) == [PRIMARY, SECONDARY, SECONDARY, PRIMARY]
+    assert [s.state for s in result.servers] == ["old", "old"]
+    assert all(s.restarted for s in result.servers)
+    for host in world.hosts.values():
+        assert not [n for n in in_dir(host) if is_temp(n)]
+    assert world.locked() == []
+
+
+async def test_a_restart_that_hangs_is_never_taken_for_success(world: World) -> None:
+    world.secondary.hang_restart = True
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rollback_failed  # it hangs on the old file too
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    assert result.error is not None and "timed out" in result.error.detail["cause"]["message"]
+
+
+async def test_restart_failing_on_the_old_file_too_is_rollback_failed(world: World) -> None:
+    world.secondary.fail_restart = True
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rollback_failed
+    error = result.error
+    assert error is not None and error.code == "rollback_failed"
+    assert error.phase is Phase.rollback and error.server == SECONDARY
+    assert f"{SECONDARY} holds the old file but was not restarted on it" in error.message
+    servers = {s["server"]: s for s in error.detail["servers"]}
+    assert servers[PRIMARY]["state"] == "old" and not servers[PRIMARY]["needsOperator"]
+    assert servers[SECONDARY]["needsOperator"]
+    assert error.detail["cause"]["code"] == "command_failed"
+    assert world.primary.config == PRIMARY_CONF.encode()
+
+
+async def test_a_restore_that_fails_reports_the_new_file_on_that_server(world: World) -> None:
+    world.secondary.fail_restart = True
+    world.primary.refuse_write = lambda path: path.endswith(".restore")
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rollback_failed
+    primary = result.servers[0]
+    assert primary.state == "new" and primary.files == {"/etc/dhcp/dhcpd.conf": "new"}
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert result.error is not None and f"{PRIMARY} holds the new file" in result.error.message
+    assert world.primary.restart_count() == 1  # not restarted onto a file it could not restore
+
+
+# -- dry run ---------------------------------------------------------------------------------
+
+
+async def test_dry_run_validates_and_reports_diffs_but_changes_nothing(world: World) -> None:
+    result = await execute(modify_request(dry_run=True), "req-dry", world.fleet)
+
+    assert result.outcome is Outcome.succeeded and result.dryRun
+    assert "+  mclt 1800;" in result.servers[0].diff
+    assert [s.state for s in result.servers] == ["old", "old"]
+    assert [op[1] for op in world.timeline if op[1] == "validate"] == ["validate"] * 2
+    assert_untouched(world)
+
+
+async def test_dry_run_reports_a_candidate_dhcpd_refuses_as_failed(world: World) -> None:
+    world.primary.validator = refuse_with_dhcpd_error
+
+    result = await execute(modify_request(dry_run=True), "req-dry", world.fleet)
+
+    assert result.outcome is Outcome.failed
+    assert result.error is not None and result.error.code == "validation_failed"
+    assert_untouched(world)
+
+
+# -- idempotency and recovery ----------------------------------------------------------------
+
+
+async def test_the_same_request_twice_applies_once_and_returns_the_same_result(
+    world: World,
+) -> None:
+    first = await execute(modify_request(), "req-modify-1", world.fleet)
+    mutations = list(world.timeline)
+
+    second = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert without_durations(second) == without_durations(first)
+    assert world.timeline == mutations  # not even a lock
+    assert world.primary.restart_count() == world.secondary.restart_count() == 1
+
+
+async def test_a_rolled_back_request_run_again_returns_the_same_outcome(world: World) -> None:
+    world.secondary.restart_failures = 1
+    first = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    second = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert first.outcome is Outcome.rolled_back
+    assert without_durations(second) == without_durations(first)
+    assert world.secondary.config == SECONDARY_CONF.encode()
+
+
+async def test_a_change_cut_off_after_the_first_commit_is_finished_by_the_next_run(
+    world: World,
+) -> None:
+    # The worker dies just before replacing the secondary's file.
+    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    assert world.locked() == []  # a dead worker's locks go with its connections
+
+    world.secondary.crash_at = lambda op: False
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert world.secondary.config == SECONDARY_AFTER.encode()
+    assert world.primary.restart_count() == 1  # already running the new file
+    assert world.secondary.restart_count() == 1
+    assert [s.sha256After for s in result.servers] == [sha(PRIMARY_AFTER), sha(SECONDARY_AFTER)]
+    assert "+  mclt 1800;" in result.servers[0].diff
+    for host in world.hosts.values():
+        assert not [n for n in in_dir(host) if is_temp(n)]
+
+    again = await execute(modify_request(), "req-modify-1", world.fleet)
+    assert without_durations(again) == without_durations(result)
+
+
+async def test_a_change_cut_off_before_its_restart_restarts_on_the_next_run(
+    world: World,
+) -> None:
+    world.primary.crash_at = lambda op: op[0] == "restart"
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    assert world.primary.config == PRIMARY_AFTER.encode()
+
+    world.primary.crash_at = lambda op: False
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded
+    assert restarts_in_order(world) == [PRIMARY, SECONDARY]
+    assert world.secondary.config == SECONDARY_AFTER.encode()
+
+
+async def test_a_cut_off_change_whose_candidate_is_gone_is_undone(world: World) -> None:
+    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    world.secondary.crash_at = lambda op: False
+    world.secondary.files.pop("/etc/dhcp/.dhcpd.conf.req-modify-1.new")
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rolled_back
+    assert result.error is not None and result.error.code == "change_interrupted"
+    assert "candidate is gone" in result.error.message
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert world.primary.restart_count() == 2
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    assert world.secondary.restart_count() == 0
+
+
+async def test_a_cut_off_change_is_undone_when_the_candidate_no_longer_validates(
+    world: World,
+) -> None:
+    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    world.secondary.crash_at = lambda op: False
+    world.secondary.validator = refuse_with_dhcpd_error
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rolled_back
+    assert result.error is not None and "revalidation failed" in result.error.message
+    assert world.primary.config == PRIMARY_CONF.encode()
+
+
+async def test_a_cut_off_change_edited_by_hand_meanwhile_is_left_for_an_operator(
+    world: World,
+) -> None:
+    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    world.secondary.crash_at = lambda op: False
+    hand_edit = PRIMARY_AFTER.encode() + b"# fixed by hand\n"
+    world.primary.files[world.primary.config_path] = hand_edit
+    before = list(world.timeline)
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rollback_failed
+    assert result.error is not None and result.error.server == PRIMARY
+    assert "someone else" in result.error.message
+    assert result.servers[0].state == "unknown"
+    assert world.primary.config == hand_edit
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    after = world.timeline[len(before) :]
+    assert not [op for op in after if op[1] == "restart" or op[-1].endswith("dhcpd.conf")]
+
+
+async def test_a_change_cut_off_before_any_commit_is_planned_afresh(world: World) -> None:
+    # Dies after the journals were written, before the first backup.
+    world.primary.crash_at = lambda op: op[0] == "write" and op[1].endswith(".bak")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    world.primary.crash_at = lambda op: False
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert world.secondary.config == SECONDARY_AFTER.encode()
+    for host in world.hosts.values():
+        assert len(journals(in_dir(host))) == 1
+        assert not [n for n in in_dir(host) if is_temp(n)]
+
+
+async def test_a_journal_that_cannot_be_read_fails_instead_of_guessing(world: World) -> None:
+    await execute(modify_request(), "req-modify-1", world.fleet)
+    (journal,) = journals(in_dir(world.primary))
+    world.primary.files[journal] = b"{ not json"
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.failed
+    assert result.error is not None and result.error.code == "journal_corrupt"
+    assert world.primary.restart_count() == 1
+
+
+async def test_the_journal_records_plan_hashes_and_the_outcome(world: World) -> None:
+    await execute(modify_request(), "req-modify-1", world.fleet)
+
+    (path,) = journals(in_dir(world.primary))
+    record = json.loads(world.primary.files[path])
+    assert record["requestId"] == "req-modify-1" and record["step"] == "done"
+    assert record["servers"] == [PRIMARY, SECONDARY]
+    (f,) = record["files"]
+    assert (f["before"], f["after"]) == (sha(PRIMARY_CONF), sha(PRIMARY_AFTER))
+    assert record["outcome"]["outcome"] == "succeeded"
+
+
+# -- cancellation ----------------------------------------------------------------------------
+
+
+async def test_cancelling_during_the_commit_finishes_the_commit_first(world: World) -> None:
+    gate = asyncio.Event()
+    world.primary.restart_gate = gate
+    task = asyncio.create_task(execute(modify_request(), "req-modify-1", world.fleet))
+    await asyncio.wait_for(world.primary.restart_entered.wait(), 5)
+
+    task.cancel()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the commit is still running
+    gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert world.secondary.config == SECONDARY_AFTER.encode()
+    assert world.locked() == []
+    replay = await execute(modify_request(), "req-modify-1", world.fleet)
+    assert replay.outcome is Outcome.succeeded
+    assert world.secondary.restart_count() == 1
+
+
+async def test_cancelling_before_the_commit_leaves_nothing_behind(world: World) -> None:
+    started = asyncio.Event()
+
+    def slow_validator(path: str, data: bytes) -> tuple[bool, str]:
+        started.set()
+        return True, ""
+
+    world.secondary.validator = slow_validator
+    gate = asyncio.Event()
+    original_validate = world.secondary.validate
+
+    async def validate(path: str):  # type: ignore[no-untyped-def]
+        result = await original_validate(path)
+        await gate.wait()
+        return result
+
+    world.secondary.validate = validate  # type: ignore[method-assign]
+    task = asyncio.create_task(execute(modify_request(), "req-modify-1", world.fleet))
+    await asyncio.wait_for(started.wait(), 5)
+
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert_untouched(world)
+
+
+# -- includes and retention ------------------------------------------------------------------
+
+
+async def test_a_changed_include_is_validated_through_a_copy_and_committed_in_place() -> None:
+    main = PRIMARY_CONF.split("# Office LAN")[0] + 'include "pools.conf";\n'
+    pools = "# Office LAN" + PRIMARY_CONF.split("# Office LAN")[1]
+    sec_main = SECONDARY_CONF.split("# Office LAN")[0] + 'include "pools.conf";\n'
+    sec_pools = "# Office LAN" + SECONDARY_CONF.split("# Office LAN")[1]
+    world = make_world(
+        {PRIMARY: main, SECONDARY: sec_main},
+        {PRIMARY: ("192.0.2.10",), SECONDARY: ("192.0.2.11",)},
+    )
+    world.primary.files["/etc/dhcp/pools.conf"] = pools.encode()
+    world.secondary.files["/etc/dhcp/pools.conf"] = sec_pools.encode()
+    seen: dict[str, bytes] = {}
+
+    def record(path: str, data: bytes) -> tuple[bool, str]:
+        seen[path] = data
+        return True, ""
+
+    world.primary.validator = record
+
+    result = await execute(remove_request(), "req-remove-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    ((validated, text),) = seen.items()
+    assert validated == "/etc/dhcp/.dhcpd.conf.req-remove-1.check"
+    assert b'include "/etc/dhcp/.pools.conf.req-remove-1.new";' in text
+    assert b'include "pools.conf";' in world.primary.config  # committed with its own include
+    assert b"failover peer" not in world.primary.files["/etc/dhcp/pools.conf"]
+    assert "a/etc/dhcp/pools.conf" in result.servers[0].diff
+    assert set(result.servers[0].files) == {"/etc/dhcp/pools.conf", "/etc/dhcp/dhcpd.conf"}
+    assert not [n for n in world.primary.files if is_temp(n)]
+
+
+async def test_old_backups_beyond_the_retention_count_are_pruned(world: World) -> None:
+    options = ChangeOptions(backup_retention=2)
+    for i, mclt in enumerate((1800, 1700, 1600, 1500)):
+        result = await execute(modify_request(Mclt=mclt), f"req-{i}", world.fleet, options)
+        assert result.outcome is Outcome.succeeded
+
+    names = backups(in_dir(world.primary))
+    assert len(names) == 2
+    assert [n.rsplit(".", 2)[-2] for n in names] == ["req-2", "req-3"]
+    assert len(journals(in_dir(world.primary))) == 4
+
+
+async def test_finished_journals_beyond_their_retention_count_are_pruned(world: World) -> None:
+    options = ChangeOptions(journal_retention=2)
+    for i, mclt in enumerate((1800, 1700, 1600)):
+        await execute(modify_request(Mclt=mclt), f"req-{i}", world.fleet, options)
+
+    assert [n.rsplit(".", 2)[-2] for n in journals(in_dir(world.primary))] == ["req-1", "req-2"]
+
+
+async def test_an_operator_can_follow_a_change_in_the_logs(world: World) -> None:
+    with structlog.testing.capture_logs(
+        processors=[structlog.contextvars.merge_contextvars]
+    ) as logs:
+        await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert {e.get("requestId") for e in logs} == {"req-modify-1"}
+    steps = [(e["event"], e.get("server")) for e in logs]
+    for step in ("prepare.validated", "commit.replaced", "commit.restarted"):
+        assert [s for s in steps if s[0] == step] == [(step, PRIMARY), (step, SECONDARY)]
+    assert steps[0] == ("change.start", None)
+    end = logs[-1]
+    assert end["event"] == "change.end" and end["outcome"] == "succeeded"
