@@ -206,6 +206,7 @@ async def test_one_connection_serves_many_operations(pair: LocalHosts, fleet: Ss
     await host.listdir(posixpath.dirname(host.config_path))
     assert host.connections_opened == 1
     assert local.accepted_connections() == 1
+    assert host.execs_started == 3  # lock, validate, restart-and-verify; files went over SFTP
 
 
 async def test_a_dropped_connection_is_replaced_transparently_for_reads(

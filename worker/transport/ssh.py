@@ -15,6 +15,10 @@ What the remote account needs
   ``verify_command`` allowed to it (root, or sudo rules without a password prompt or tty).
 * Ideally ``ClientAliveInterval`` in sshd_config, so a lock held by a worker that vanished
   without closing its TCP connection is released within a bounded time.
+* ``MaxSessions`` (default 10) above what one worker opens on one connection: an SFTP session,
+  one channel per change holding or waiting for the lock, one per running command.
+* A non-root account, preferably: OpenSSH refuses the "signal" request for root sessions, so
+  a timed-out command of a root login cannot be stopped from here and runs on to its end.
 
 Each exec pays the account's shell start-up files, so an operation costs at most one exec:
 validate is one, restart-and-verify is one (``restart && verify``), taking the lock is one
@@ -140,6 +144,8 @@ class SshHost:
         self._pool_lock = asyncio.Lock()
         self.connections_opened = 0
         """Handshakes done so far: a warm host does none (for metrics and tests)."""
+        self.execs_started = 0
+        """Remote commands started (each pays the shell's start-up files)."""
 
     @property
     def name(self) -> str:
@@ -472,6 +478,7 @@ class SshHost:
                     process: asyncssh.SSHClientProcess[str] = await conn.create_process(
                         command, encoding="utf-8", errors="replace"
                     )
+                self.execs_started += 1
                 return conn, process
             except _START_ERRORS as e:
                 self._forget(conn)
