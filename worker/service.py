@@ -32,7 +32,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     async def handler(request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:
         return await execute(request, request_id, fleet, options)
 
-    log.info("worker starting", servers=sorted(inventory.servers), inventory=str(settings.inventory))
+    log.info(
+        "worker starting", servers=sorted(inventory.servers), inventory=str(settings.inventory)
+    )
     try:
         await run_worker(settings, handler, stop)
     finally:
