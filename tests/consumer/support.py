@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import jsonschema
+import jsonschema  # type: ignore[import-untyped]
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_structured_event
 
@@ -54,7 +54,11 @@ MODIFY: dict[str, Any] = {
 REMOVE: dict[str, Any] = {
     "requestId": REMOVE_ID,
     "command": "RemoveDHCPFailoverRelationships",
-    "params": {"Server": "dhcp1.example.net", "Name": "dhcp-failover", "DeconfigureAction": "Disable"},
+    "params": {
+        "Server": "dhcp1.example.net",
+        "Name": "dhcp-failover",
+        "DeconfigureAction": "Disable",
+    },
 }
 
 
@@ -173,11 +177,11 @@ class EventTap:
         await queue.consume(self._messages.put, no_ack=True)
         return self
 
-    async def next(self, timeout: float = 10.0) -> AbstractIncomingMessage:
-        return await asyncio.wait_for(self._messages.get(), timeout)
+    async def next(self, within: float = 10.0) -> AbstractIncomingMessage:
+        return await asyncio.wait_for(self._messages.get(), within)
 
-    async def next_checked(self, timeout: float = 10.0) -> CheckedEvent:
-        return check_event_message(await self.next(timeout))
+    async def next_checked(self, within: float = 10.0) -> CheckedEvent:
+        return check_event_message(await self.next(within))
 
     async def assert_quiet(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -225,19 +229,19 @@ async def consumer_count(connection: AbstractConnection, name: str) -> int:
 
 
 async def get_one(
-    connection: AbstractConnection, name: str, timeout: float = 10.0
+    connection: AbstractConnection, name: str, within: float = 10.0
 ) -> AbstractIncomingMessage:
-    """The next message of a queue (polled; acked), or AssertionError after ``timeout``."""
+    """The next message of a queue (polled; acked), or AssertionError after ``within`` seconds."""
     channel = await connection.channel()
     try:
         queue = await channel.declare_queue(name, passive=True)
-        deadline = asyncio.get_running_loop().time() + timeout
+        deadline = asyncio.get_running_loop().time() + within
         while True:
             message = await queue.get(no_ack=True, fail=False)
             if message is not None:
                 return message
             if asyncio.get_running_loop().time() > deadline:
-                raise AssertionError(f"nothing arrived in {name} within {timeout} s")
+                raise AssertionError(f"nothing arrived in {name} within {within} s")
             await asyncio.sleep(0.05)
     finally:
         await channel.close()
@@ -279,10 +283,10 @@ async def wait_for_consumer(
     connection: AbstractConnection,
     settings: Settings,
     task: asyncio.Task[None],
-    timeout: float = 10.0,
+    within: float = 10.0,
 ) -> None:
     """Until the worker's consumer is registered on the request queue (or the worker died)."""
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + within
     while True:
         if task.done():
             task.result()
@@ -296,7 +300,7 @@ async def wait_for_consumer(
 
 
 def _publish_with_pika(settings: Settings, body: bytes, routing_key: str) -> None:
-    import pika
+    import pika  # type: ignore[import-untyped]
 
     connection = pika.BlockingConnection(pika.URLParameters(settings.amqp_url))
     try:
@@ -314,3 +318,34 @@ async def publish_without_message_id(settings: Settings, body: bytes, routing_ke
     thread), like a publisher that sets none.
     """
     await asyncio.to_thread(_publish_with_pika, settings, body, routing_key)
+
+
+def x_death(message: AbstractIncomingMessage) -> list[dict[str, Any]]:
+    """The ``x-death`` entries RabbitMQ adds to a dead-lettered message."""
+    deaths = (message.headers or {}).get("x-death")
+    assert isinstance(deaths, list), message.headers
+    return [dict(d) for d in deaths if isinstance(d, dict)]
+
+
+async def assert_depth(
+    connection: AbstractConnection,
+    name: str,
+    expected: int,
+    *,
+    within: float = 5.0,
+    stable: float = 0.2,
+) -> None:
+    """The queue holds ``expected`` ready messages and keeps holding them for ``stable`` s.
+
+    Quorum queues apply acks and returns through their log, so a count read right after a
+    channel closes can lag; waiting, then re-checking, makes both "acked" (0 stays 0) and
+    "returned" (the message shows up) reliable.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while (depth := await queue_depth(connection, name)) != expected:
+        assert loop.time() < deadline, f"{name} holds {depth} ready messages, not {expected}"
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(stable)
+    depth = await queue_depth(connection, name)
+    assert depth == expected, f"{name} holds {depth} ready messages, not {expected}"

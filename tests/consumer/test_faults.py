@@ -19,11 +19,12 @@ from tests.consumer.support import (
     MODIFY_ID,
     EventTap,
     StubHandler,
+    assert_depth,
     consumer_count,
     get_one,
     publish_raw,
-    queue_depth,
     running_worker,
+    x_death,
 )
 from worker.consumer.app import Settlement, settle
 from worker.messages import ModifyRequest, Outcome, RemoveRequest, ResultData
@@ -48,7 +49,7 @@ async def test_a_connection_cut_while_the_event_is_published_redelivers_the_requ
     proxy.cut_on(b"event.modify.succeeded")  # the basic.publish of the event never arrives
     await publish_raw(amqp, broker_settings, MODIFY)
     async with running_worker(amqp, through(proxy, broker_settings), handler):
-        checked = await tap.next_checked(timeout=20)
+        checked = await tap.next_checked(within=20)
         await tap.assert_quiet(0.5)
 
     assert proxy.triggered.is_set()
@@ -57,8 +58,8 @@ async def test_a_connection_cut_while_the_event_is_published_redelivers_the_requ
     # and this time published and acked. Exactly one event reached the broker.
     assert [rid for _, rid in handler.calls] == [MODIFY_ID, MODIFY_ID]
     assert checked.event.id == f"{MODIFY_ID}/succeeded"
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
-    assert await queue_depth(amqp, broker_settings.dead_letter_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
+    await assert_depth(amqp, broker_settings.dead_letter_queue, 0)
 
 
 async def test_an_event_that_can_never_be_published_stops_at_the_delivery_limit_unacked(
@@ -73,7 +74,7 @@ async def test_an_event_that_can_never_be_published_stops_at_the_delivery_limit_
     proxy.cut_on(b"event.modify.succeeded", every_time=True)
     await publish_raw(amqp, settings, MODIFY, message_id="loop-1")
     async with running_worker(amqp, settings, handler):
-        dead = await get_one(amqp, settings.dead_letter_queue, timeout=30)
+        dead = await get_one(amqp, settings.dead_letter_queue, within=30)
         await asyncio.sleep(0.5)  # nothing further is delivered
 
     # The request was never acked (no event was ever confirmed), so the broker kept
@@ -82,10 +83,9 @@ async def test_an_event_that_can_never_be_published_stops_at_the_delivery_limit_
     assert len(handler.calls) == limit + 1
     await tap.assert_quiet(0.2)
     assert dead.message_id == "loop-1"
-    [death] = (dead.headers or {})["x-death"]  # type: ignore[misc]
-    assert isinstance(death, dict)
+    [death] = x_death(dead)
     assert death["reason"] == "delivery_limit"
-    assert await queue_depth(amqp, settings.request_queue) == 0
+    await assert_depth(amqp, settings.request_queue, 0)
 
 
 async def test_a_request_that_kills_the_worker_connection_every_time_ends_in_the_dead_queue(
@@ -102,13 +102,13 @@ async def test_a_request_that_kills_the_worker_connection_every_time_ends_in_the
     handler = StubHandler(behaviour=poison)
     await publish_raw(amqp, settings, MODIFY, message_id="poison-1")
     async with running_worker(amqp, settings, handler):
-        dead = await get_one(amqp, settings.dead_letter_queue, timeout=30)
+        dead = await get_one(amqp, settings.dead_letter_queue, within=30)
         await asyncio.sleep(0.5)
 
     assert len(handler.calls) == limit + 1
     assert dead.message_id == "poison-1"
-    assert (dead.headers or {})["x-death"][0]["reason"] == "delivery_limit"  # type: ignore[index]
-    assert await queue_depth(amqp, settings.request_queue) == 0
+    assert [d["reason"] for d in x_death(dead)] == ["delivery_limit"]
+    await assert_depth(amqp, settings.request_queue, 0)
 
 
 async def test_the_worker_reconnects_after_the_connection_drops_and_keeps_consuming(
@@ -125,11 +125,11 @@ async def test_the_worker_reconnects_after_the_connection_drops_and_keeps_consum
                 break
             await asyncio.sleep(0.05)
         await publish_raw(amqp, broker_settings, MODIFY)
-        checked = await tap.next_checked(timeout=20)
+        checked = await tap.next_checked(within=20)
 
     assert proxy.accepted >= 2
     assert checked.event.id == f"{MODIFY_ID}/succeeded"
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
 
 
 async def test_settling_on_a_channel_that_died_is_reported_not_raised(
@@ -149,5 +149,5 @@ async def test_settling_on_a_channel_that_died_is_reported_not_raised(
     for settlement in Settlement:
         assert await settle(message, settlement) is (settlement is Settlement.release)
     # The broker took the unacked message back when the channel closed.
-    assert await queue_depth(amqp, broker_settings.request_queue) == 1
+    await assert_depth(amqp, broker_settings.request_queue, 1)
     assert isinstance(message, aio_pika.IncomingMessage)

@@ -15,12 +15,13 @@ from tests.consumer.support import (
     MODIFY,
     EventTap,
     StubHandler,
+    assert_depth,
     get_one,
     modify,
     publish_raw,
     publish_without_message_id,
-    queue_depth,
     running_worker,
+    x_death,
 )
 from worker.messages import MAX_REQUEST_BYTES
 from worker.settings import Settings
@@ -125,13 +126,13 @@ async def test_a_bad_request_gets_a_precise_rejected_event_and_never_reaches_the
         assert case.loc in locs, locs
         if case.loc:
             assert case.loc in data["error"]["message"]
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
     if case.dead_lettered:
         dead = await get_one(amqp, broker_settings.dead_letter_queue)
         assert dead.body == case.body
         assert dead.message_id == "amqp-rej-1"
     else:
-        assert await queue_depth(amqp, broker_settings.dead_letter_queue) == 0
+        await assert_depth(amqp, broker_settings.dead_letter_queue, 0)
 
 
 async def test_undecodable_bytes_are_dead_lettered_with_the_reason_after_the_rejected_event(
@@ -147,8 +148,7 @@ async def test_undecodable_bytes_are_dead_lettered_with_the_reason_after_the_rej
     assert checked.raw["data"]["error"]["code"] == "invalid_encoding"
     assert checked.raw["data"]["error"]["detail"] == {"position": len(body) - 1}
     assert dead.body == body
-    [death] = (dead.headers or {})["x-death"]  # type: ignore[misc]
-    assert isinstance(death, dict)
+    [death] = x_death(dead)
     assert death["reason"] == "rejected"
     assert death["queue"] == broker_settings.request_queue
     assert death["exchange"] == broker_settings.request_exchange
@@ -173,8 +173,8 @@ async def test_a_request_without_request_id_or_message_id_is_rejected_under_its_
     assert data["command"] == "ModifyDHCPFailoverRelationship"
     assert checked.raw["subject"] == "dhcp-failover"
     assert "correlationid" not in checked.raw
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
-    assert await queue_depth(amqp, broker_settings.dead_letter_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
+    await assert_depth(amqp, broker_settings.dead_letter_queue, 0)
 
 
 async def test_an_unsafe_message_id_is_not_used_as_the_request_id(

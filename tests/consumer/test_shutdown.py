@@ -15,9 +15,9 @@ from tests.consumer.support import (
     MODIFY_ID,
     EventTap,
     StubHandler,
+    assert_depth,
     modify,
     publish_raw,
-    queue_depth,
     wait_for_consumer,
 )
 from worker.consumer.app import run_worker, stop_on_signals
@@ -39,10 +39,10 @@ async def test_stop_during_a_slow_change_lets_it_finish_publishes_acks_and_retur
     await asyncio.wait_for(worker, 10)  # returns normally, after the change
 
     assert handler.finished == [MODIFY_ID]
-    checked = await tap.next_checked(timeout=1)
+    checked = await tap.next_checked(within=1)
     assert checked.event.id == f"{MODIFY_ID}/succeeded"
     # Acked: nothing came back to the queue when the connection closed.
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
 
 
 async def test_sigterm_during_a_slow_change_lets_it_finish_publishes_acks_and_returns(
@@ -59,8 +59,8 @@ async def test_sigterm_during_a_slow_change_lets_it_finish_publishes_acks_and_re
 
     assert stop.is_set()
     assert handler.finished == [MODIFY_ID]
-    assert (await tap.next_checked(timeout=1)).event.data.outcome == "succeeded"
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
+    assert (await tap.next_checked(within=1)).event.data.outcome == "succeeded"
+    await assert_depth(amqp, broker_settings.request_queue, 0)
 
 
 async def test_requests_not_started_at_stop_are_left_in_the_queue_for_another_worker(
@@ -79,9 +79,9 @@ async def test_requests_not_started_at_stop_are_left_in_the_queue_for_another_wo
     await asyncio.wait_for(worker, 10)
 
     assert handler.finished == ["s-0"]
-    assert (await tap.next_checked(timeout=1)).event.id == "s-0/succeeded"
+    assert (await tap.next_checked(within=1)).event.id == "s-0/succeeded"
     await tap.assert_quiet(0.2)
-    assert await queue_depth(amqp, settings.request_queue) == 2
+    await assert_depth(amqp, settings.request_queue, 2)
 
 
 async def test_an_idle_worker_stops_at_once(
@@ -110,4 +110,4 @@ async def test_cancelling_the_worker_abandons_the_change_without_acking_it(
     assert worker.cancelled()
     assert handler.finished == [MODIFY_ID]  # cancelled, through its finally
     await tap.assert_quiet(0.3)
-    assert await queue_depth(amqp, broker_settings.request_queue) == 1  # back for redelivery
+    await assert_depth(amqp, broker_settings.request_queue, 1)  # back for redelivery

@@ -14,10 +14,10 @@ from tests.consumer.support import (
     REMOVE_ID,
     EventTap,
     StubHandler,
+    assert_depth,
     get_one,
     modify,
     publish_raw,
-    queue_depth,
     running_worker,
 )
 from worker.errors import LockTimeout, UnknownServer
@@ -68,8 +68,8 @@ async def test_modify_through_the_queue_publishes_a_succeeded_event_checked_fiel
     assert isinstance(request, ModifyRequest)
     assert request_id == MODIFY_ID  # the body's requestId wins over the AMQP message_id
     assert request.params.mclt == 1800 and request.params.port == 647
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
-    assert await queue_depth(amqp, broker_settings.dead_letter_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
+    await assert_depth(amqp, broker_settings.dead_letter_queue, 0)
 
 
 async def test_remove_through_the_queue_publishes_a_succeeded_event_checked_field_by_field(
@@ -92,7 +92,7 @@ async def test_remove_through_the_queue_publishes_a_succeeded_event_checked_fiel
     assert isinstance(request, RemoveRequest)
     assert request.params.names == ("dhcp-failover",)
     assert request.params.deconfigure_action == "Disable"
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
 
 
 async def test_amqp_message_id_is_the_request_id_when_the_body_has_none(
@@ -118,12 +118,12 @@ async def test_every_outcome_the_handler_returns_is_published_under_its_own_rout
     for n in range(3):
         await publish_raw(amqp, broker_settings, modify(requestId=f"r-{n}"))
     async with running_worker(amqp, broker_settings, StubHandler(behaviour=answer)):
-        keys = sorted([(await tap.next_checked()).message.routing_key for _ in range(3)])
+        keys = sorted([str((await tap.next_checked()).message.routing_key) for _ in range(3)])
 
     assert keys == sorted(
         ["event.modify.failed", "event.modify.rolled_back", "event.modify.rollback_failed"]
     )
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
 
 
 async def test_a_crashing_handler_is_answered_with_failed_internal_error_and_the_worker_goes_on(
@@ -147,13 +147,17 @@ async def test_a_crashing_handler_is_answered_with_failed_internal_error_and_the
     assert "hunter2" not in error["message"]
     assert first.raw["data"]["requestId"] == "boom"
     assert second.event.id == "after/succeeded"
-    assert await queue_depth(amqp, broker_settings.request_queue) == 0
+    await assert_depth(amqp, broker_settings.request_queue, 0)
 
 
 @pytest.mark.parametrize(
     ("error", "routing_key", "code"),
     [
-        (UnknownServer("no server dhcp9 in the inventory"), "event.modify.rejected", "unknown_server"),
+        (
+            UnknownServer("no server dhcp9 in the inventory"),
+            "event.modify.rejected",
+            "unknown_server",
+        ),
         (LockTimeout("lock on dhcp1 not obtained in 30 s"), "event.modify.failed", "lock_timeout"),
     ],
 )
@@ -221,4 +225,3 @@ async def test_reply_to_is_answered_with_the_requests_correlation_id(
     # The CloudEvents correlationid stays the request id, as in CONTRACT §3.
     assert published.event.correlationid == MODIFY_ID
     await channel.close()
-
