@@ -385,3 +385,12 @@ async def test_a_restart_that_fails_to_start_dhcpd_reports_its_output(
     assert not result.ok
     assert "isc-dhcp-server" in result.stderr
     assert [r.status for r in local.restarts()] == ["failed"]
+
+
+async def test_only_the_path_placeholder_is_substituted_in_commands(pair: LocalHosts) -> None:
+    local = pair.hosts[PRIMARY]
+    validate = f'test -n "${{HOME}}" && {local.root}/bin/validate.sh {{path}}'
+    async with _fleet_for(pair, PRIMARY, validate_command=validate) as fleet:
+        result = await fleet.host(PRIMARY).validate(local.config_path.as_posix())
+    assert result.ok, result.stderr
+    assert result.command.startswith('test -n "${HOME}" && ')

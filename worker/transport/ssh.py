@@ -387,7 +387,11 @@ class SshHost:
             ) from e
 
     async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
-        """Write via a hidden temp file renamed over ``path``: never a half-written ``path``."""
+        """Write via a hidden temp file renamed over ``path``: never a half-written ``path``.
+
+        The temp file is ``.<name>.<12 hex>.tmp`` beside ``path``; it is removed on any error,
+        but a connection cut mid-write can leave one behind for a later cleanup to find.
+        """
         directory, base = posixpath.split(path)
         tmp = posixpath.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
 
