@@ -147,7 +147,49 @@ async def test_settling_on_a_channel_that_died_is_reported_not_raised(
     await channel.close()
 
     for settlement in Settlement:
-        assert await settle(message, settlement) is (settlement is Settlement.release)
+        assert await settle(message, settlement) is False
     # The broker took the unacked message back when the channel closed.
     await assert_depth(amqp, broker_settings.request_queue, 1)
     assert isinstance(message, aio_pika.IncomingMessage)
+
+
+@pytest.mark.parametrize(
+    ("settlement", "request_depth", "dead_depth"),
+    [
+        (Settlement.ack, 0, 0),
+        (Settlement.dead_letter, 0, 1),
+        (Settlement.requeue, 1, 0),
+        (Settlement.release, 1, 0),
+    ],
+)
+async def test_settling_on_a_live_channel_does_what_the_settlement_says(
+    amqp: AbstractConnection,
+    broker_settings: Settings,
+    tap: EventTap,
+    settlement: Settlement,
+    request_depth: int,
+    dead_depth: int,
+) -> None:
+    await publish_raw(amqp, broker_settings, MODIFY)
+    channel = await amqp.channel()
+    queue = await channel.declare_queue(broker_settings.request_queue, passive=True)
+    message = None
+    for _ in range(100):
+        if (message := await queue.get(fail=False)) is not None:
+            break
+        await asyncio.sleep(0.05)
+    assert message is not None
+
+    assert await settle(message, settlement) is True
+
+    await channel.close()
+    await assert_depth(amqp, broker_settings.request_queue, request_depth)
+    await assert_depth(amqp, broker_settings.dead_letter_queue, dead_depth)
+    if request_depth:
+        again = await get_one(amqp, broker_settings.request_queue)
+        assert again.redelivered
+        count = again.headers.get("x-delivery-count")
+        if settlement is Settlement.requeue:
+            assert count == 1  # a failed attempt: counts toward the delivery limit
+        else:
+            assert count in (None, 0, 1)  # "not now": counts only before RabbitMQ 4.3

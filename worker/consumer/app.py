@@ -5,13 +5,14 @@ Per delivery (each in its own task, at most ``settings.concurrency`` handlers at
     read_delivery (size, UTF-8, JSON, schema, request id)  -> Delivery
     handler(request, request_id) or the rejection          -> ResultData
     make_event                                             -> ResultEvent
-    publish with confirms, then settle (shielded tail)     -> ack / reject / requeue
+    publish with confirms, then settle (shielded tail)     -> ack / dead-letter / requeue
 
 :func:`decide` is the one place that maps what happened to ack / dead-letter / requeue, and
 :func:`settle` the one place that talks to the broker about it. A request is acked only
-after its event is confirmed; if the event cannot be published the request stays unacked
-(requeued, or simply returned when the channel dies) and is redelivered, where the
-idempotent handler converges and the deterministic event id lets consumers drop the repeat.
+after its event is confirmed; if the event cannot be published the request is not acked
+(rejected with requeue, or simply returned when the channel dies) and is redelivered, where
+the idempotent handler converges and the deterministic event id lets consumers drop the
+repeat. The quorum queue's delivery limit ends a loop of failed attempts in the dead queue.
 
 Processing runs in tasks we own, not in aio-pika's consumer callback: aiormq cancels its
 callback tasks when a channel closes, and a change in flight must never be cancelled by a
@@ -56,12 +57,19 @@ log = get_logger(__name__)
 
 
 class Settlement(StrEnum):
-    """What happens to a delivery once processing is over."""
+    """What happens to a delivery once processing is over, and the AMQP method that says it.
 
-    ack = "ack"  # outcome published and confirmed: done
-    dead_letter = "dead_letter"  # unreadable bytes, answered: reject so the broker dead-letters
-    requeue = "requeue"  # no confirmed outcome: nack(requeue); counts toward the delivery limit
-    release = "release"  # not processed (shutting down): leave unacked, returned on close
+    ``requeue`` and ``release`` both put the request back, but mean different things to a
+    quorum queue from RabbitMQ 4.3 on: ``basic.reject(requeue)`` is a failed attempt and
+    counts toward ``x-delivery-limit``; ``basic.nack(requeue)`` is "not now" and does not
+    (before 4.3 both count). So a request whose event never got out can only loop up to the
+    delivery limit, and one merely handed back at shutdown loses no attempt.
+    """
+
+    ack = "ack"  # outcome published and confirmed: basic.ack
+    dead_letter = "dead_letter"  # unreadable bytes, answered: basic.reject, broker dead-letters
+    requeue = "requeue"  # attempt failed, no confirmed outcome: basic.reject(requeue)
+    release = "release"  # not attempted (shutting down, cancelled): basic.nack(requeue)
 
 
 def decide(*, published: bool | None, poison: bool) -> Settlement:
@@ -93,6 +101,8 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement) -> bo
         elif settlement is Settlement.dead_letter:
             await message.reject(requeue=False)
         elif settlement is Settlement.requeue:
+            await message.reject(requeue=True)
+        elif settlement is Settlement.release:
             await message.nack(requeue=True)
     except (AMQPError, ChannelInvalidStateError, OSError) as exc:
         log.warning(
@@ -168,18 +178,22 @@ class _Consumer:
         self._publisher = publisher
         self._slots = asyncio.Semaphore(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._tails: set[asyncio.Task[None]] = set()
         self.stopping = False
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """aio-pika's callback: hand the message to a task we own and return at once."""
         self._track(asyncio.create_task(self._process(message)))
 
-    def _track(self, task: asyncio.Task[None]) -> None:
+    def _track(self, task: asyncio.Task[None], *, tail: bool = False) -> None:
         self._tasks.add(task)
+        if tail:
+            self._tails.add(task)
         task.add_done_callback(self._done)
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
+        self._tails.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
             log.error("request task failed", exc_info=exc)
 
@@ -211,13 +225,19 @@ class _Consumer:
             else:
                 async with self._slots:
                     if self.stopping:
-                        log.info("shutting down: request left for redelivery")
+                        log.info("shutting down: request handed back unstarted")
                         await settle(message, decide(published=None, poison=False))
                         return
-                    data = await run_handler(self._handler, delivery)
+                    try:
+                        data = await run_handler(self._handler, delivery)
+                    except asyncio.CancelledError:
+                        log.warning("cancelled before an outcome: request handed back")
+                        release = settle(message, decide(published=None, poison=False))
+                        await asyncio.shield(release)
+                        raise
             event = build_event(delivery, data, self._settings)
             tail = asyncio.create_task(self._publish_and_settle(message, delivery, event))
-            self._track(tail)
+            self._track(tail, tail=True)
             # Once the outcome exists, publishing it and acking must happen even if we are
             # cancelled: the change is done and must not be repeated for nothing.
             await asyncio.shield(tail)
@@ -249,8 +269,8 @@ class _Consumer:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def abort(self) -> None:
-        """Hard stop: cancel handlers (tails are shielded and finish), then wait for all."""
-        for task in list(self._tasks):
+        """Hard stop: cancel the handlers, let publish-and-ack tails finish, wait for all."""
+        for task in self._tasks - self._tails:
             task.cancel()
         await self.drain()
 
@@ -259,10 +279,13 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
     """Consume requests until ``stop`` is set, then finish what is in flight and return.
 
     On ``stop``: the consumer is cancelled (no new deliveries), changes already running finish
-    and their events are published and acked, prefetched requests not yet started are left
-    unacked (the broker hands them to another worker when the connection closes), and the
-    connection is closed. Raises if the broker cannot be reached at start; afterwards a lost
-    connection is re-established by aio-pika and the topology and consumer are restored.
+    and their events are published and acked, prefetched requests not yet started are handed
+    back (``basic.nack`` with requeue) for another worker, and the connection is closed.
+    Cancelling the task instead is a hard stop: handlers are cancelled and their requests
+    handed back, publish-and-ack tails already started still finish.
+
+    Raises if the broker cannot be reached at start; afterwards a lost connection is
+    re-established by aio-pika and the topology and consumer are restored.
     """
     log.info("connecting", amqp_url=redact_url(settings.amqp_url))
     connection = await aio_pika.connect_robust(
