@@ -79,4 +79,10 @@ def backups(names: list[str]) -> list[str]:
 
 
 def journals(names: list[str]) -> list[str]:
+    """Journals of changes still running (or cut off)."""
     return [n for n in names if posixpath.basename(n).startswith(".dhcp-failover-journal.")]
+
+
+def done_records(names: list[str]) -> list[str]:
+    """Outcomes of changes that ended."""
+    return [n for n in names if posixpath.basename(n).startswith(".dhcp-failover-done.")]

@@ -19,6 +19,7 @@ from tests.change.helpers import (
     SECONDARY_AFTER,
     SECONDARY_CONF,
     backups,
+    done_records,
     is_temp,
     journals,
     modify_request,
@@ -92,7 +93,8 @@ async def test_commit_keeps_a_backup_removes_every_temp_file_and_releases_locks(
         (backup,) = backups(names)
         assert host.files[backup] == before.encode()
         assert host.modes[backup] == 0o640  # like the live file
-        assert len(journals(names)) == 1
+        assert journals(names) == []  # the running journal became a done record
+        assert len(done_records(names)) == 1
     assert world.locked() == []
 
 
@@ -563,14 +565,34 @@ async def test_a_change_cut_off_before_any_commit_is_planned_afresh(world: World
     assert world.primary.config == PRIMARY_AFTER.encode()
     assert world.secondary.config == SECONDARY_AFTER.encode()
     for host in world.hosts.values():
-        assert len(journals(in_dir(host))) == 1
+        assert journals(in_dir(host)) == []
+        assert len(done_records(in_dir(host))) == 1
         assert not [n for n in in_dir(host) if is_temp(n)]
+
+
+async def test_another_request_waits_for_a_cut_off_change_to_be_finished(world: World) -> None:
+    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    world.secondary.crash_at = lambda op: False
+
+    other = await execute(modify_request("req-other", Mclt=900), "req-other", world.fleet)
+
+    assert other.outcome is Outcome.failed
+    assert other.error is not None and other.error.code == "unfinished_change"
+    assert "req-modify-1" in other.error.message
+    assert world.primary.config == PRIMARY_AFTER.encode()  # left for req-modify-1 to finish
+    finished = await execute(modify_request(), "req-modify-1", world.fleet)
+    assert finished.outcome is Outcome.succeeded
+    retried = await execute(modify_request("req-other", Mclt=900), "req-other", world.fleet)
+    assert retried.outcome is Outcome.succeeded
+    assert b"mclt 900;" in world.primary.config
 
 
 async def test_a_journal_that_cannot_be_read_fails_instead_of_guessing(world: World) -> None:
     await execute(modify_request(), "req-modify-1", world.fleet)
-    (journal,) = journals(in_dir(world.primary))
-    world.primary.files[journal] = b"{ not json"
+    (record,) = done_records(in_dir(world.primary))
+    world.primary.files[record] = b"{ not json"
 
     result = await execute(modify_request(), "req-modify-1", world.fleet)
 
@@ -582,7 +604,7 @@ async def test_a_journal_that_cannot_be_read_fails_instead_of_guessing(world: Wo
 async def test_the_journal_records_plan_hashes_and_the_outcome(world: World) -> None:
     await execute(modify_request(), "req-modify-1", world.fleet)
 
-    (path,) = journals(in_dir(world.primary))
+    (path,) = done_records(in_dir(world.primary))
     record = json.loads(world.primary.files[path])
     assert record["requestId"] == "req-modify-1" and record["step"] == "done"
     assert record["servers"] == [PRIMARY, SECONDARY]
@@ -686,7 +708,7 @@ async def test_old_backups_beyond_the_retention_count_are_pruned(world: World) -
     names = backups(in_dir(world.primary))
     assert len(names) == 2
     assert [n.rsplit(".", 2)[-2] for n in names] == ["req-2", "req-3"]
-    assert len(journals(in_dir(world.primary))) == 4
+    assert len(done_records(in_dir(world.primary))) == 4
 
 
 async def test_finished_journals_beyond_their_retention_count_are_pruned(world: World) -> None:
@@ -694,7 +716,8 @@ async def test_finished_journals_beyond_their_retention_count_are_pruned(world: 
     for i, mclt in enumerate((1800, 1700, 1600)):
         await execute(modify_request(Mclt=mclt), f"req-{i}", world.fleet, options)
 
-    assert [n.rsplit(".", 2)[-2] for n in journals(in_dir(world.primary))] == ["req-1", "req-2"]
+    names = done_records(in_dir(world.primary))
+    assert [n.rsplit(".", 2)[-2] for n in names] == ["req-1", "req-2"]
 
 
 async def test_an_operator_can_follow_a_change_in_the_logs(world: World) -> None:

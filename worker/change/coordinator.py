@@ -71,6 +71,7 @@ from worker.change.journal import (
     prune_backups,
     prune_journals,
     save_journal,
+    unfinished_changes,
 )
 from worker.change.model import ServerChange, changed_only, planned_change
 from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
@@ -78,7 +79,14 @@ from worker.change.ports import Fleet, RemoteHost
 from worker.change.snapshot import Snapshot, read_snapshot, sha256_hex
 from worker.change.staging import validate_tree
 from worker.dhcpconf import ConfigSet
-from worker.errors import ConcurrentChange, PairMismatch, Rejected, UnknownServer, WorkerError
+from worker.errors import (
+    ConcurrentChange,
+    Failed,
+    PairMismatch,
+    Rejected,
+    UnknownServer,
+    WorkerError,
+)
 from worker.messages import (
     DeconfigureAction,
     ModifyRequest,
@@ -251,11 +259,11 @@ async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]
     if isinstance(request, ModifyRequest):
         p = request.params
         hosts = {n: fleet.host(n) for n in (p.primary_server, p.secondary_server)}
-        snaps = await _snapshots(hosts)
+        snaps = await _snapshots(hosts, run.request_id)
         primary, secondary = (_parse(snaps[n]) for n in hosts)
         plans: Sequence[ServerPlan] = plan_modify(p, primary, secondary)
     else:
-        hosts, snaps, plans, warnings = await _plan_remove(request.params, fleet)
+        hosts, snaps, plans, warnings = await _plan_remove(request.params, fleet, run.request_id)
     changes = [
         planned_change(hosts[plan.server], snaps[plan.server], plan, run.request_id, run.stamp)
         for plan in plans
@@ -270,11 +278,11 @@ async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]
 
 
 async def _plan_remove(
-    p: RemoveParams, fleet: Fleet
+    p: RemoveParams, fleet: Fleet, request_id: str
 ) -> tuple[dict[str, RemoteHost], dict[str, Snapshot], list[ServerPlan], list[str]]:
     """Remove: the partners come from the peer blocks' ``peer address`` and the inventory."""
     hosts = {p.server: fleet.host(p.server)}
-    snaps = await _snapshots(hosts)
+    snaps = await _snapshots(hosts, request_id)
     configs = {p.server: _parse(snaps[p.server])}
     pairs: dict[str, tuple[str, str]] = {}
     for name, (role, address) in remove_partners(configs[p.server], p.names).items():
@@ -294,7 +302,7 @@ async def _plan_remove(
             )
         pairs[name] = (p.server, partner) if role == "primary" else (partner, p.server)
     partners = {n: fleet.host(n) for pair in pairs.values() for n in pair if n not in hosts}
-    snaps.update(await _snapshots(partners))
+    snaps.update(await _snapshots(partners, request_id))
     hosts.update(partners)
     configs.update({n: _parse(snaps[n]) for n in partners})
     plans = list(plan_remove(p, configs, pairs))
@@ -318,9 +326,31 @@ def _same_ranges_warnings(
     return warnings
 
 
-async def _snapshots(hosts: dict[str, RemoteHost]) -> dict[str, Snapshot]:
-    snaps = await asyncio.gather(*(read_snapshot(h) for h in hosts.values()))
+async def _snapshots(hosts: dict[str, RemoteHost], request_id: str) -> dict[str, Snapshot]:
+    """Each server's live tree, once it is clear no other change was cut off there."""
+
+    async def read(host: RemoteHost) -> Snapshot:
+        snapshot, _ = await asyncio.gather(
+            read_snapshot(host), _refuse_if_unfinished(host, request_id)
+        )
+        return snapshot
+
+    snaps = await asyncio.gather(*(read(h) for h in hosts.values()))
     return dict(zip(hosts, snaps, strict=True))
+
+
+async def _refuse_if_unfinished(host: RemoteHost, request_id: str) -> None:
+    """A change cut off on this server must end before another starts: planning on a
+    half-changed pair would be wrong, and finishing it later would overwrite this one."""
+    others = await unfinished_changes(host, request_id)
+    if others:
+        raise Failed(
+            f"{host.name} has an unfinished change (request {', '.join(others)}); "
+            "its redelivery finishes or undoes it, or an operator must clear it first",
+            code="unfinished_change",
+            server=host.name,
+            detail={"requests": others},
+        )
 
 
 def _parse(snapshot: Snapshot) -> ConfigSet:
@@ -343,6 +373,7 @@ async def _prepare_server(run: _Run, change: ServerChange) -> None:
     host, snapshot = change.host, change.snapshot
     assert snapshot is not None  # a planned change always has one
     with change.timed():
+        await _refuse_if_unfinished(host, run.request_id)  # again, now under the lock
         for path, planned in snapshot.raw.items():
             live = await host.read(path)
             if live != planned:
@@ -425,7 +456,8 @@ async def _finish(
             await _remove_temps(change)
             for f in change.files:
                 await prune_backups(change.host, f.path, run.options.backup_retention)
-            await prune_journals(change.host, run.options.journal_retention)
+            # This change's done record is written below: make room for it.
+            await prune_journals(change.host, max(run.options.journal_retention - 1, 0))
         except Exception as exc:
             log.warning("cleanup.failed", server=change.name, error=str(exc))
             warnings.append(f"cleanup on {change.name} failed: {exc}")

@@ -5,12 +5,15 @@ directory, before it replaces any live file. The journal records the plan (sha25
 after of every file the change writes, where the candidate and the backup live), how far this
 server got (:class:`Step`), and, once the change has ended, its outcome. That is what lets a
 later run of the same request id return the same outcome without touching anything, or finish
-or undo a change a dead worker cut off (see :mod:`worker.change.coordinator`).
+or undo a change a dead worker cut off (see :mod:`worker.change.coordinator`). When the change
+ends the journal is replaced by a *done record* under another name, so "is a change unfinished
+on this server?" and "which records may be pruned?" are answered by ``listdir`` alone.
 
 File names carry a UTC stamp so pruning can keep "the newest N" with nothing but ``listdir``
 (a remote ``stat`` per file would cost a round trip each)::
 
-    <config dir>/.dhcp-failover-journal.<stamp>.<request id>.json
+    <config dir>/.dhcp-failover-journal.<stamp>.<request id>.json   while the change runs
+    <config dir>/.dhcp-failover-done.<stamp>.<request id>.json      once it has ended
     <file dir>/.<file name>.<stamp>.<request id>.bak      the live file as it was
     <file dir>/.<file name>.<request id>.new              the candidate, renamed over the live file
     <file dir>/.<file name>.<request id>.check            a validation copy with rewritten includes
@@ -34,9 +37,13 @@ from worker.errors import Failed
 from worker.messages import ErrorInfo, Phase, ResultData, ServerResult
 
 JOURNAL_PREFIX = ".dhcp-failover-journal."
+DONE_PREFIX = ".dhcp-failover-done."
 _STAMP_FORMAT = "%Y%m%dT%H%M%S%fZ"
 _STAMP = r"\d{8}T\d{12}Z"
-_JOURNAL_NAME = re.compile(rf"^{re.escape(JOURNAL_PREFIX)}(?P<stamp>{_STAMP})\.(?P<rid>.+)\.json$")
+_RECORD_NAME = re.compile(
+    rf"^(?P<prefix>{re.escape(JOURNAL_PREFIX)}|{re.escape(DONE_PREFIX)})"
+    rf"(?P<stamp>{_STAMP})\.(?P<rid>.+)\.json$"
+)
 JOURNAL_VERSION = 1
 
 
@@ -86,7 +93,9 @@ class Journal(BaseModel):
     updated: str = ""
 
     def path(self, directory: str) -> str:
-        return journal_path(directory, self.stamp, self.requestId)
+        """Where this journal lives: the done record's name once the change has ended."""
+        prefix = DONE_PREFIX if self.step == Step.done else JOURNAL_PREFIX
+        return journal_path(directory, self.stamp, self.requestId, prefix)
 
 
 # -- names -----------------------------------------------------------------------------------
@@ -101,8 +110,8 @@ def journal_dir(host: RemoteHost) -> str:
     return posixpath.dirname(host.config_path)
 
 
-def journal_path(directory: str, stamp: str, request_id: str) -> str:
-    return posixpath.join(directory, f"{JOURNAL_PREFIX}{stamp}.{request_id}.json")
+def journal_path(directory: str, stamp: str, request_id: str, prefix: str = JOURNAL_PREFIX) -> str:
+    return posixpath.join(directory, f"{prefix}{stamp}.{request_id}.json")
 
 
 def _beside(live: str, suffix: str) -> str:
@@ -135,20 +144,21 @@ def _backup_name(live: str) -> re.Pattern[str]:
 
 
 async def find_journal(host: RemoteHost, request_id: str) -> Journal | None:
-    """This request's journal on ``host``, or None. A journal that cannot be read back is an
-    error, not "no journal": guessing could apply a change twice."""
+    """This request's journal on ``host`` (its done record, if it has one), or None. A journal
+    that cannot be read back is an error, not "no journal": guessing could apply a change
+    twice."""
     directory = journal_dir(host)
-    names = sorted(
-        name
+    found = sorted(
+        (m["prefix"] == DONE_PREFIX, m["stamp"], name)
         for name in await host.listdir(directory)
-        if (m := _JOURNAL_NAME.match(name)) and m["rid"] == request_id
+        if (m := _RECORD_NAME.match(name)) and m["rid"] == request_id
     )
-    if not names:
+    if not found:
         return None
-    path = posixpath.join(directory, names[-1])
+    path = posixpath.join(directory, found[-1][2])
     data = await host.read(path)
-    if data is None:  # pruned or finished between listdir and read: nothing to resume
-        return None
+    if data is None:  # finished or pruned between listdir and read
+        return None if found[-1][0] else await find_journal(host, request_id)
     try:
         return Journal.model_validate_json(data)
     except ValidationError as exc:
@@ -162,14 +172,28 @@ async def find_journal(host: RemoteHost, request_id: str) -> Journal | None:
         ) from None
 
 
+async def unfinished_changes(host: RemoteHost, request_id: str) -> list[str]:
+    """Request ids of *other* changes still unfinished on ``host`` (a journal and no done
+    record): a change cut off there must be finished or undone before another one starts."""
+    active: set[str] = set()
+    done: set[str] = set()
+    for name in await host.listdir(journal_dir(host)):
+        if m := _RECORD_NAME.match(name):
+            (done if m["prefix"] == DONE_PREFIX else active).add(m["rid"])
+    return sorted(active - done - {request_id})
+
+
 async def save_journal(host: RemoteHost, journal: Journal) -> None:
-    """Write the journal atomically (temp file + rename) so a reader never sees half of it."""
+    """Write the journal atomically (temp file + rename) so a reader never sees half of it.
+    Saving the done record also removes the running journal it replaces."""
     directory = journal_dir(host)
     journal.updated = datetime.now(UTC).isoformat()
     path = journal.path(directory)
     tmp = path + ".tmp"
     await host.write(tmp, journal.model_dump_json(exclude_none=True).encode(), like=None)
     await host.replace(tmp, path)
+    if journal.step == Step.done:
+        await host.remove(journal_path(directory, journal.stamp, journal.requestId))
 
 
 async def delete_journal(host: RemoteHost, journal: Journal) -> None:
@@ -193,25 +217,15 @@ async def prune_backups(host: RemoteHost, live: str, keep: int) -> list[str]:
 
 
 async def prune_journals(host: RemoteHost, keep: int) -> list[str]:
-    """Remove finished journals beyond the newest ``keep``. Unfinished ones are never removed:
+    """Remove done records beyond the newest ``keep``. Running journals are never removed:
     they are how a cut-off change gets finished."""
     directory = journal_dir(host)
     found = sorted(
         (m["stamp"], name)
         for name in await host.listdir(directory)
-        if (m := _JOURNAL_NAME.match(name))
+        if (m := _RECORD_NAME.match(name)) and m["prefix"] == DONE_PREFIX
     )
-    removed: list[str] = []
-    for _, name in found[: max(len(found) - keep, 0)]:
-        path = posixpath.join(directory, name)
-        data = await host.read(path)
-        if data is None:
-            continue
-        try:
-            finished = Journal.model_validate_json(data).step == Step.done
-        except ValidationError:
-            finished = False
-        if finished:
-            await host.remove(path)
-            removed.append(path)
-    return removed
+    doomed = [posixpath.join(directory, name) for _, name in found[: max(len(found) - keep, 0)]]
+    for path in doomed:
+        await host.remove(path)
+    return doomed
