@@ -118,6 +118,10 @@ def _at(decl: PeerDecl, param: PeerParam | None = None) -> tuple[str, int]:
     return decl.file, decl.doc.line(param.node.start) if param else decl.line
 
 
+def _role_at(decl: PeerDecl) -> tuple[str, int]:
+    return decl.file, decl.role_line
+
+
 def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
     found = [
         Violation(
@@ -137,9 +141,9 @@ def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
             Violation(
                 RoleMismatch,
                 "roles_not_complementary",
-                f"both servers declare '{p.role};' ({p.file}:{p.line} and {s.file}:{s.line}); "
-                "one must be primary and the other secondary",
-                *_at(s if p.role == "primary" else p),
+                f"both servers declare '{p.role};' ({p.file}:{p.role_line} and "
+                f"{s.file}:{s.role_line}); one must be primary and the other secondary",
+                *_role_at(s if p.role == "primary" else p),
             )
         ]
     if p.role != "primary":
@@ -148,8 +152,8 @@ def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
                 RoleMismatch,
                 "roles_swapped",
                 "the server named as primary declares 'secondary;' and the server named as "
-                f"secondary declares 'primary;' ({s.file}:{s.line})",
-                *_at(p),
+                f"secondary declares 'primary;' ({s.file}:{s.role_line})",
+                *_role_at(p),
             )
         ]
     return []

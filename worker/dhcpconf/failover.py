@@ -99,6 +99,7 @@ class PeerDecl:
     role: Role
     role_declared: bool
     params: tuple[PeerParam, ...]
+    role_node: Statement | None = None
 
     @property
     def file(self) -> str:
@@ -107,6 +108,11 @@ class PeerDecl:
     @property
     def line(self) -> int:
         return self.doc.line(self.block.start)
+
+    @property
+    def role_line(self) -> int:
+        """The line of the role statement (of the block when there is none)."""
+        return self.doc.line(self.role_node.start) if self.role_node else self.line
 
     def get(self, key: str) -> PeerParam | None:
         """The statement dhcpd would use for ``key`` (the last one wins), or None."""
@@ -174,7 +180,7 @@ _PLAIN_REFERENCE_RE = re.compile(
 def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:
     """Read a peer block statement by statement; ConfigError at the first we cannot."""
     role: Role = "primary"
-    declared = False
+    role_node: Statement | None = None
     params: list[PeerParam] = []
     for node in block.body:
         if isinstance(node, Block):
@@ -191,7 +197,7 @@ def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:
         while words and words[0].text.lower() == "peer":
             partner, words = True, words[1:]
         if len(words) == 1 and words[0].text.lower() in ("primary", "secondary"):
-            role, declared = words[0].text.lower(), True  # type: ignore[assignment]
+            role, role_node = words[0].text.lower(), node  # type: ignore[assignment]
             continue
         key, value_tokens = _split_key(words)
         if key is None:
@@ -207,7 +213,7 @@ def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:
         if partner and key in PARTNER_KEYS:
             key = "peer " + key
         params.append(PeerParam(key, _value_text(value_tokens), node, tuple(value_tokens)))
-    return PeerDecl(name, doc, block, role, declared, tuple(params))
+    return PeerDecl(name, doc, block, role, role_node is not None, tuple(params), role_node)
 
 
 def _split_key(words: list[Token]) -> tuple[str | None, list[Token]]:
