@@ -401,6 +401,53 @@ async def test_a_restore_that_fails_reports_the_new_file_on_that_server(world: W
     assert world.primary.restart_count() == 1  # not restarted onto a file it could not restore
 
 
+async def test_a_failure_before_the_rename_leaves_that_server_alone(world: World) -> None:
+    world.secondary.refuse_write = lambda path: path.endswith(".bak")
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rolled_back
+    assert result.error is not None and result.error.code == "remote_file_error"
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert world.primary.restart_count() == 2
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    assert world.secondary.restart_count() == 0  # it never ran the new file
+    assert not result.servers[1].restarted
+
+
+async def test_a_journal_that_cannot_be_written_fails_before_anything_goes_live(
+    world: World,
+) -> None:
+    world.secondary.refuse_write = lambda path: "dhcp-failover-journal" in path
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.failed
+    assert result.error is not None and result.error.phase is Phase.prepare
+    assert_untouched(world)
+
+
+async def test_a_rollback_cut_off_is_finished_as_a_rollback_by_the_next_run(
+    world: World,
+) -> None:
+    world.secondary.restart_failures = 1
+    world.primary.crash_at = lambda op: op[0] == "write" and op[1].endswith(".restore")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    assert world.primary.config == PRIMARY_AFTER.encode()  # still the new file
+    assert world.secondary.config == SECONDARY_CONF.encode()  # already restored
+    world.primary.crash_at = lambda op: False
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rolled_back
+    assert result.error is not None and result.error.code == "command_failed"
+    assert result.error.server == SECONDARY  # the original cause, not the crash
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert world.primary.restart_count() == 2
+    assert world.secondary.restart_count() == 2  # failed once, then on the old file; no more
+
+
 # -- dry run ---------------------------------------------------------------------------------
 
 

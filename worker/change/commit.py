@@ -130,7 +130,7 @@ async def _restore_server(change: ServerChange, request_id: str, cause: WorkerEr
     try:
         await save_step(change, Step.restoring, error=cause.to_info())
     except Exception as exc:  # keep going: restoring matters more than recording it
-        change.problems.append(f"journal not updated: {exc}")
+        _problem(change, f"journal not updated before restoring: {exc}")
     for f in change.files:
         if f.state == "old":
             continue
@@ -139,9 +139,8 @@ async def _restore_server(change: ServerChange, request_id: str, cause: WorkerEr
             f.state = "old"
             log.info("rollback.restored", server=change.name, file=f.path)
         except Exception as exc:
-            change.problems.append(f"restoring {f.path} failed: {exc}")
             f.state = await _probe(host, f)
-            log.error("rollback.restore_failed", server=change.name, file=f.path, now=f.state)
+            _problem(change, f"restoring {f.path} failed ({exc}); it holds the {f.state} file")
     if any(f.state != "old" for f in change.files):
         return False
     if change.restart_attempted:
@@ -150,8 +149,7 @@ async def _restore_server(change: ServerChange, request_id: str, cause: WorkerEr
             if not result.ok:
                 raise restart_error(change.name, result, Phase.rollback)
         except Exception as exc:
-            change.problems.append(f"restart on the old config failed: {exc}")
-            log.error("rollback.restart_failed", server=change.name, error=str(exc))
+            _problem(change, f"restart on the old config failed: {exc}")
             return False
         change.restarted = True
         log.info("rollback.restarted", server=change.name)
@@ -159,8 +157,14 @@ async def _restore_server(change: ServerChange, request_id: str, cause: WorkerEr
     try:
         await save_step(change, Step.rolled_back)
     except Exception as exc:
-        change.problems.append(f"journal not updated: {exc}")
+        _problem(change, f"journal not updated after restoring: {exc}")
     return True
+
+
+def _problem(change: ServerChange, what: str) -> None:
+    """Something went wrong while restoring: logged now, reported in the result later."""
+    change.problems.append(what)
+    log.error("rollback.problem", server=change.name, problem=what)
 
 
 async def _restore_file(host: RemoteHost, f: FileChange, request_id: str, temps: set[str]) -> None:

@@ -67,6 +67,7 @@ from worker.change.journal import (
     Step,
     delete_journal,
     find_journal,
+    journal_dir,
     new_stamp,
     prune_backups,
     prune_journals,
@@ -414,7 +415,11 @@ async def _write_journals(run: _Run, changes: list[ServerChange], warnings: list
             report=reports,
             warnings=warnings,
         )
-        await save_journal(change.host, change.journal)
+        try:
+            await save_journal(change.host, change.journal)
+        except Exception:  # its temp file may be left: the cleanup must know the name
+            change.temps.add(change.journal.path(journal_dir(change.host)) + ".tmp")
+            raise
 
 
 async def _discard(changes: Sequence[ServerChange], request_id: str) -> list[str]:
@@ -451,6 +456,8 @@ async def _finish(
     """Clean up, prune, record the outcome. The servers are in their final state already:
     a problem here is a warning, never a different outcome."""
     warnings = list(warnings)
+    if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
+        warnings += [f"{c.name}: {p}" for c in changed_only(changes) for p in c.problems]
     for change in changed_only(changes):
         try:
             await _remove_temps(change)
