@@ -258,6 +258,31 @@ async def test_remove_over_ssh_with_each_deconfigure_action(env: Env, action: st
     assert env.secondary.restarts()[0].sha256 == env.secondary.config_sha256()
 
 
+async def test_remove_with_pools_in_an_included_file_validates_the_whole_tree(env: Env) -> None:
+    for local, conf in ((env.primary, PRIMARY_CONF), (env.secondary, SECONDARY_CONF)):
+        head, tail = conf.split("# Office LAN")
+        pools = local.config_dir / "pools.conf"
+        pools.write_text("# Office LAN" + tail)
+        local.config_path.write_text(head + f'include "{pools}";\n')
+    mains = {h.name: h.config_bytes() for h in (env.primary, env.secondary)}
+
+    result = await execute(remove_request(), "req-remove-1", env.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    for local in (env.primary, env.secondary):
+        main = local.config_bytes().decode()
+        assert f'include "{local.config_dir / "pools.conf"}";' in main
+        assert 'failover peer "' not in main and mains[local.name] != main.encode()
+        assert 'failover peer "' not in (local.config_dir / "pools.conf").read_text()
+        assert [r.status for r in local.restarts()] == ["ok"]  # dhcpd read the whole tree
+    assert (env.secondary.config_dir / "pools.conf").read_text().count("deny all clients;") == 2
+    assert set(result.servers[1].files) == {
+        str(env.secondary.config_dir / "pools.conf"),
+        str(env.secondary.config_path),
+    }
+    assert env.leftovers() == []
+
+
 # -- failed ----------------------------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@
 =====================  ====================================================================
 ``rejected``           plan: unknown server, peer not found, roles/pair mismatch, bad config
 ``failed``             nothing live changed: unreachable, lock timeout, config changed since
-                       plan (``concurrent_change``), candidate refused by ``dhcpd -t``
+                       plan (``concurrent_change``), candidate refused by ``dhcpd -t``,
+                       another change unfinished on a server (``unfinished_change``)
 ``succeeded``          committed and restarted everywhere; or nothing to change (no lock
                        taken, nothing written); or a dry run that staged and validated
 ``rolled_back``        a commit step failed; every server touched holds its old file again
@@ -37,13 +38,17 @@ Idempotency and recovery (the policy)
     * a live file that is neither version was edited by someone else meanwhile: nothing is
       touched and the outcome is ``rollback_failed``, for an operator.
 
-    A done journal is pruned once more than ``journal_retention`` newer ones exist; a request
+    While a change is unfinished on a server, any *other* request touching that server fails
+    with ``unfinished_change`` (nothing touched): planning on a half-changed pair is wrong,
+    and finishing the old change later would overwrite the new one.
+
+    A done record is pruned once ``journal_retention`` newer ones exist; a request
     redelivered after that is planned afresh (and finds its change already in place).
 
-Cancellation: until the commit starts, a cancel removes what was staged and propagates. From
-the first journal write to the recorded outcome the work runs to its end whatever happens to
-the caller (:func:`run_to_end`); the cancel is re-raised afterwards, and the next delivery of
-the request reads the outcome from the journal.
+Cancellation: until the commit starts, a cancel removes what was staged (and the journals)
+and propagates. From the commit's first backup to the recorded outcome the work runs to its
+end whatever happens to the caller (:func:`run_to_end`); the cancel is re-raised afterwards,
+and the next delivery of the request reads the outcome from the journal.
 """
 
 from __future__ import annotations
