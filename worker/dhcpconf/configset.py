@@ -28,6 +28,7 @@ class ConfigSet:
         self.docs: dict[str, Document] = dict(docs)
         self.declarations: dict[str, PeerDecl] = {}
         self.references: list[Reference] = []
+        self._scanned: set[str] = set()
         with gc_paused():
             self._scan()
 
@@ -84,16 +85,14 @@ class ConfigSet:
 
     def _scan(self) -> None:
         """Walk the main file, following includes into the set, then any file not reached."""
-        self._done: set[str] = set()
         self._scan_file(self.main, ())
         for path in self.docs:
-            if path not in self._done:
-                self._scan_file(path, ())
+            self._scan_file(path, ())
 
     def _scan_file(self, path: str, scope: Scope) -> None:
-        if path in self._done:
+        if path in self._scanned:  # included twice, or an include cycle
             return
-        self._done.add(path)
+        self._scanned.add(path)
         doc = self.docs[path]
         self._scan_items(doc, doc.items, scope)
 

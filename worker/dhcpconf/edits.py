@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from worker.dhcpconf.checks import validate
 from worker.dhcpconf.configset import ConfigSet
 from worker.dhcpconf.failover import PeerDecl, Reference, Role
-from worker.dhcpconf.lexer import is_number
 from worker.dhcpconf.tree import Block, Document, Node, Statement
 from worker.errors import Rejected
 from worker.messages import DeconfigureAction
@@ -99,7 +98,7 @@ def modify(cs: ConfigSet, name: str, settings: PeerSettings) -> dict[str, str]:
     """Set the relationship's parameters in the peer block ``name``, for the role the block
     declares; statements already at the value are left byte for byte."""
     settings.validate()
-    validate(cs)
+    validate(cs)  # from here on every numeric value is a single NUMBER token
     decl = cs.declaration(name)
     patches: list[Patch] = []
     missing: list[str] = []
@@ -109,15 +108,8 @@ def modify(cs: ConfigSet, name: str, settings: PeerSettings) -> dict[str, str]:
         found = [p for p in decl.params if p.key == key]
         if not found:
             missing.append(f"{key} {value};")
-        for param in found:
-            current = param.value_tokens
-            if len(current) != 1 or not is_number(current[0].text):
-                raise decl.doc.error(
-                    f"failover peer {name!r}: {key} value {param.value!r} is not a number; "
-                    "refusing to edit it",
-                    param.value_start,
-                )
-            if int(current[0].text) != value:
+        for param in found:  # every duplicate, so no stale value is left behind
+            if int(param.value) != value:
                 patches.append(Patch(param.value_start, param.value_end, str(value)))
     if missing:
         patches.append(_insertion(decl.doc, decl.block, missing))

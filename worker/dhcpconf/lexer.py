@@ -21,8 +21,8 @@ from __future__ import annotations
 import re
 from typing import Literal, NamedTuple
 
-#: dhcpd skips exactly what C's ``isascii(c) && isspace(c)`` accepts.
-WHITESPACE = " \t\n\r\f\v"
+#: dhcpd skips exactly what C's ``isascii(c) && isspace(c)`` accepts (not Unicode spaces).
+_WS = r"[ \t\n\r\f\v]"
 
 # What follows a backslash inside a string, as conflex.c's read_string() consumes it:
 # ``\x`` + up to two hex digits, ``\0``-``\3`` + up to two octal digits, or any one character.
@@ -34,24 +34,24 @@ _ESCAPE = (
     r"\\(?:0{1,2}[^0-7])*"
     r"(?:x(?:[0-9A-Fa-f]{2}|[0-9A-Fa-f]?(?:[^0-9A-Fa-f]|\Z))|[0-3][0-7]{0,2}|[\s\S]|\Z)"
 )
+_STRING_OPEN = r'"(?:[^"\\]+|' + _ESCAPE + r")*"
 #: A string token; group ``close`` is None when the file ends inside the string.
-STRING_PATTERN = r'"(?:[^"\\]+|' + _ESCAPE + r')*(?P<close>")?'
+STRING_PATTERN = _STRING_OPEN + r'(?P<close>")?'
 COMMENT_PATTERN = r"#[^\n]*"
 
 #: One statement per match: leading trivia (``lead``), then the tokens (``body``, which may
 #: hold strings and comments), then the terminator ``{``, ``}`` or ``;`` (``term``, empty at
 #: the end of the file). Possessive quantifiers: nothing here ever needs to backtrack.
 STRUCTURE_RE = re.compile(
-    r"(?P<lead>(?:[ \t\n\r\f\v]++|" + COMMENT_PATTERN + r"+)*+)"
-    r"(?P<body>(?:[^\"#{};]++|" + STRING_PATTERN.replace("(?P<close>\")?", '"?') + r"|"
-    + COMMENT_PATTERN + r"+)*+)"
+    r"(?P<lead>(?:" + _WS + r"++|" + COMMENT_PATTERN + r"+)*+)"
+    r'(?P<body>(?:[^"#{};]++|' + _STRING_OPEN + r'"?|' + COMMENT_PATTERN + r"+)*+)"
     r"(?P<term>[{};]|\Z)"
 )
 
 TokenKind = Literal["ws", "comment", "string", "word", "punct"]
 
 _TOKEN_RE = re.compile(
-    r"(?P<ws>[ \t\n\r\f\v]+)"
+    r"(?P<ws>" + _WS + r"+)"
     r"|(?P<comment>" + COMMENT_PATTERN + r")"
     r"|(?P<string>" + STRING_PATTERN + r")"
     r"|(?P<word>[A-Za-z0-9-][A-Za-z0-9_-]*)"
