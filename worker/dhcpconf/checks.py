@@ -41,6 +41,7 @@ class Violation:
     message: str
     file: str
     line: int | None
+    column: int | None = None
     dhcpd_rejects: bool = False
 
     @property
@@ -48,7 +49,13 @@ class Violation:
         return self.file if self.line is None else f"{self.file}:{self.line}"
 
     def as_dict(self) -> dict[str, object]:
-        return {"code": self.code, "message": self.message, "file": self.file, "line": self.line}
+        return {
+            "code": self.code,
+            "message": self.message,
+            "file": self.file,
+            "line": self.line,
+            "column": self.column,
+        }
 
 
 def validate(cs: ConfigSet) -> None:
@@ -68,7 +75,7 @@ def validate(cs: ConfigSet) -> None:
                 raise ConfigError(
                     f"failover peer {name!r}: {v.message} (dhcpd rejects this too; "
                     "fix the file first)",
-                    file=v.file, line=v.line, code=v.code,
+                    file=v.file, line=v.line, column=v.column, code=v.code,
                 )
 
 
@@ -85,6 +92,7 @@ def check_pair(primary: ConfigSet, secondary: ConfigSet, name: str) -> None:
                 "name": name,
                 "file": first.file,
                 "line": first.line,
+                "column": first.column,
                 "violations": [v.as_dict() for v in found],
             },
         )
@@ -100,6 +108,7 @@ def pair_violations(primary: ConfigSet, secondary: ConfigSet, name: str) -> list
             + (", ".join(repr(n) for n in sorted(cs.declarations)) or "none"),
             cs.main,
             None,
+            None,
         )
         for side, cs in (("primary", primary), ("secondary", secondary))
         if name not in cs.declarations
@@ -114,12 +123,14 @@ def pair_violations(primary: ConfigSet, secondary: ConfigSet, name: str) -> list
     return found
 
 
-def _at(decl: PeerDecl, param: PeerParam | None = None) -> tuple[str, int]:
-    return decl.file, decl.doc.line(param.node.start) if param else decl.line
+def _at(decl: PeerDecl, param: PeerParam | None = None) -> tuple[str, int, int]:
+    """File, line, column of a statement (of the peer block when there is none)."""
+    return decl.file, *decl.doc.location(param.node.start if param else decl.block.start)
 
 
-def _role_at(decl: PeerDecl) -> tuple[str, int]:
-    return decl.file, decl.role_line
+def _role_at(decl: PeerDecl) -> tuple[str, int, int]:
+    node = decl.role_node or decl.block
+    return decl.file, *decl.doc.location(node.start)
 
 
 def _roles(p: PeerDecl, s: PeerDecl) -> list[Violation]:
