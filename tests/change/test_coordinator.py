@@ -336,6 +336,19 @@ async def test_unreachable_server_fails_in_plan(world: World) -> None:
     assert world.primary.config == PRIMARY_CONF.encode()
 
 
+async def test_an_unexpected_error_is_an_outcome_not_an_exception(world: World) -> None:
+    async def broken_read(path: str) -> bytes | None:
+        raise RuntimeError("sftp went sideways")
+
+    world.secondary.read = broken_read  # type: ignore[method-assign]
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.failed
+    assert result.error is not None and result.error.code == "internal_error"
+    assert "RuntimeError: sftp went sideways" in result.error.message
+
+
 # -- rolled_back / rollback_failed -----------------------------------------------------------
 
 
@@ -413,6 +426,25 @@ async def test_a_failure_before_the_rename_leaves_that_server_alone(world: World
     assert world.secondary.config == SECONDARY_CONF.encode()
     assert world.secondary.restart_count() == 0  # it never ran the new file
     assert not result.servers[1].restarted
+
+
+async def test_an_unexpected_error_mid_commit_is_rolled_back(world: World) -> None:
+    original = world.secondary.replace
+
+    async def replace(src: str, dst: str) -> None:
+        if dst.endswith("dhcpd.conf"):
+            raise OSError("disk full")
+        await original(src, dst)
+
+    world.secondary.replace = replace  # type: ignore[method-assign]
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rolled_back
+    assert result.error is not None and result.error.code == "internal_error"
+    assert result.error.server == SECONDARY and result.error.phase is Phase.commit
+    assert world.primary.config == PRIMARY_CONF.encode()
+    assert world.secondary.config == SECONDARY_CONF.encode()
 
 
 async def test_a_journal_that_cannot_be_written_fails_before_anything_goes_live(

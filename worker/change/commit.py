@@ -38,8 +38,9 @@ def as_worker_error(exc: BaseException, phase: Phase, server: str | None = None)
             exc.phase = phase
         exc.server = exc.server or server
         return exc
+    log.error("unexpected_error", phase=phase.value, server=server, exc_info=exc)
     return WorkerError(
-        f"{type(exc).__name__}: {exc}", code="unexpected_error", phase=phase, server=server
+        f"{type(exc).__name__}: {exc}", code="internal_error", phase=phase, server=server
     )
 
 
