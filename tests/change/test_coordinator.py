@@ -108,6 +108,21 @@ async def test_locks_are_taken_in_name_order_whatever_the_commit_order(world: Wo
     assert restarts_in_order(world) == [SECONDARY, PRIMARY]
 
 
+async def test_a_primary_only_setting_restarts_only_the_primary(world: World) -> None:
+    result = await execute(modify_request(Mclt=1200), "req-mclt", world.fleet)
+
+    assert result.outcome is Outcome.succeeded
+    assert [(s.changed, s.state, s.restarted) for s in result.servers] == [
+        (True, "new", True),
+        (False, "new", False),
+    ]
+    assert world.secondary.config == SECONDARY_CONF.encode()
+    assert restarts_in_order(world) == [PRIMARY]
+    # The secondary is still locked and checked: the primary's candidate was planned with it.
+    assert [n for n, *op in world.timeline if op == ["lock"]] == [PRIMARY, SECONDARY]
+    assert in_dir(world.secondary) == [world.secondary.config_path]
+
+
 async def test_a_change_already_in_place_succeeds_without_lock_or_write(world: World) -> None:
     request = modify_request(Mclt=3600, Port=647)
 
@@ -323,6 +338,29 @@ async def test_config_changed_between_plan_and_commit_is_not_overwritten(
     assert world.primary.config == PRIMARY_CONF.encode()
     assert not [n for h in world.hosts.values() for n in in_dir(h) if is_temp(n)]
     assert world.locked() == []
+
+
+async def test_two_changes_to_one_pair_at_once_never_interleave(world: World) -> None:
+    first, second = await asyncio.gather(
+        execute(modify_request("req-a", Mclt=1800), "req-a", world.fleet),
+        execute(remove_request("req-b"), "req-b", world.fleet),
+    )
+
+    # Both planned on the same files; whichever locked second finds them changed and stops.
+    outcomes = sorted([first.outcome.value, second.outcome.value])
+    assert outcomes == ["failed", "succeeded"]
+    loser = first if first.outcome is Outcome.failed else second
+    assert loser.error is not None and loser.error.code == "concurrent_change"
+    locks = [(n, op[0]) for n, *op in world.timeline if op in (["lock"], ["unlock"])]
+    held_one_at_a_time = [
+        (PRIMARY, "lock"),
+        (SECONDARY, "lock"),
+        (SECONDARY, "unlock"),
+        (PRIMARY, "unlock"),
+    ]
+    assert locks == held_one_at_a_time * 2
+    winner_wrote = b"mclt 1800;" in world.primary.config
+    assert winner_wrote == (first.outcome is Outcome.succeeded)
 
 
 async def test_unreachable_server_fails_in_plan(world: World) -> None:
