@@ -39,7 +39,7 @@ class PeerSettings:
                 ("port", self.primary_port),
                 ("peer port", self.secondary_port),
             ]
-        else:
+        else:  # dhcpd takes mclt from the primary: never added to a secondary
             own = [("port", self.secondary_port), ("peer port", self.primary_port)]
         both = [
             ("load balance max seconds", self.load_balance_max_seconds),
@@ -102,9 +102,7 @@ def modify(cs: ConfigSet, name: str, settings: PeerSettings) -> dict[str, str]:
     decl = cs.declaration(name)
     patches: list[Patch] = []
     missing: list[str] = []
-    for key, value in settings.statements(decl.role):
-        if key == "mclt" and decl.role != "primary":
-            continue  # dhcpd takes mclt from the primary; never add it to a secondary
+    for key, value in settings.statements(decl.role):  # no mclt for a secondary
         found = [p for p in decl.params if p.key == key]
         if not found:
             missing.append(f"{key} {value};")

@@ -92,9 +92,6 @@ class Document:
         """The significant tokens of a statement, or of a block's header (without ``{``)."""
         return significant(tokenize(self.text, node.start, _header_end(node)))
 
-    def words(self, node: Node) -> list[str]:
-        return [t.text for t in self.tokens(node)]
-
     def keyword(self, node: Node) -> str:
         """The first token, lower-cased (dhcpd keywords are case-insensitive)."""
         m = _WORD_RE.match(self.text, node.start)
@@ -224,13 +221,3 @@ def walk(
         yield node, ancestors
         if isinstance(node, Block):
             yield from walk(node.body, (*ancestors, node))
-
-
-def blocks(items: list[Node], ancestors: tuple[Block, ...] = ()) -> Iterator[
-    tuple[Block, tuple[Block, ...]]
-]:
-    """Every block, depth first, with the blocks enclosing it (statements skipped: fast)."""
-    for node in items:
-        if isinstance(node, Block):
-            yield node, ancestors
-            yield from blocks(node.body, (*ancestors, node))
