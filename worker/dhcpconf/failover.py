@@ -146,6 +146,14 @@ class Reference:
         return ScopeRef(kind, label, self.doc.filename, self.doc.line(self.node.start))
 
 
+#: ``failover peer "NAME";`` as nearly every file writes it (no comments, no escapes).
+_PLAIN_REFERENCE_RE = re.compile(
+    r"failover[ \t\r\n]+peer[ \t\r\n]+"
+    r'(?:"(?P<quoted>[^"\\\n]+)"|(?P<bare>[A-Za-z0-9-][A-Za-z0-9_-]*))[ \t\r\n]*;',
+    re.IGNORECASE,
+)
+
+
 def failover_name(doc: Document, node: Node) -> str | None:
     """``NAME`` of a ``failover peer NAME {`` header or ``failover peer NAME;`` statement.
 
@@ -170,13 +178,6 @@ def failover_name(doc: Document, node: Node) -> str | None:
     return None
 
 
-_PLAIN_REFERENCE_RE = re.compile(
-    r"failover[ \t\r\n]+peer[ \t\r\n]+"
-    r'(?:"(?P<quoted>[^"\\\n]+)"|(?P<bare>[A-Za-z0-9-][A-Za-z0-9_-]*))[ \t\r\n]*;',
-    re.IGNORECASE,
-)
-
-
 def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:
     """Read a peer block statement by statement; ConfigError at the first we cannot."""
     role: Role = "primary"
@@ -197,7 +198,8 @@ def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:
         while words and words[0].text.lower() == "peer":
             partner, words = True, words[1:]
         if len(words) == 1 and words[0].text.lower() in ("primary", "secondary"):
-            role, role_node = words[0].text.lower(), node  # type: ignore[assignment]
+            role = "primary" if words[0].text.lower() == "primary" else "secondary"
+            role_node = node
             continue
         key, value_tokens = _split_key(words)
         if key is None:
