@@ -9,14 +9,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from tests.change.helpers import PRIMARY_CONF, SECONDARY_CONF
+from tests.change.helpers import PRIMARY_CONF, SECONDARY_CONF, SimulatedCrash
 from tests.fakes import FakeFleet, FakeHost
 from worker.change.ports import CommandResult
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY
-
-
-class SimulatedCrash(BaseException):
-    """The worker process dying mid-step: no ``except Exception`` may catch it."""
 
 
 @dataclass(eq=False)

@@ -21,6 +21,10 @@ SECONDARY_AFTER = SECONDARY_CONF.replace("port 647;", "port 648;")
 SCOPES = ("subnet 10.20.0.0 netmask 255.255.255.0", "subnet 10.30.0.0 netmask 255.255.254.0")
 
 
+class SimulatedCrash(BaseException):
+    """The worker process dying mid-step: no ``except Exception`` may catch it."""
+
+
 def sha(data: bytes | str) -> str:
     return hashlib.sha256(data.encode() if isinstance(data, str) else data).hexdigest()
 

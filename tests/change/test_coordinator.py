@@ -11,13 +11,14 @@ import json
 import pytest
 import structlog
 
-from tests.change.conftest import KnobHost, SimulatedCrash, World, in_dir, make_world
+from tests.change.conftest import KnobHost, World, in_dir, make_world
 from tests.change.helpers import (
     PRIMARY_AFTER,
     PRIMARY_CONF,
     SCOPES,
     SECONDARY_AFTER,
     SECONDARY_CONF,
+    SimulatedCrash,
     backups,
     done_records,
     is_temp,

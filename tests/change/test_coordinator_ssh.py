@@ -22,13 +22,13 @@ from types import TracebackType
 
 import pytest
 
-from tests.change.conftest import SimulatedCrash
 from tests.change.helpers import (
     PRIMARY_AFTER,
     PRIMARY_CONF,
     SCOPES,
     SECONDARY_AFTER,
     SECONDARY_CONF,
+    SimulatedCrash,
     backups,
     is_temp,
     modify_request,
