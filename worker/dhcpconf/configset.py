@@ -64,7 +64,15 @@ class ConfigSet:
         )
 
     def references_to(self, name: str) -> list[Reference]:
-        return [r for r in self.references if r.name == name]
+        """Every ``failover peer "NAME";`` statement naming ``name``, in file order."""
+        return self._by_name.get(name, [])
+
+    @cached_property
+    def _by_name(self) -> dict[str, list[Reference]]:
+        index: dict[str, list[Reference]] = {}
+        for ref in self.references:
+            index.setdefault(ref.name, []).append(ref)
+        return index
 
     @cached_property
     def _peers(self) -> dict[str, Peer]:
