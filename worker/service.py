@@ -26,7 +26,9 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
     inventory = load_inventory(settings.inventory)
     fleet = SshFleet(inventory, settings)
     options = ChangeOptions(
-        lock_timeout=settings.lock_timeout, backup_retention=settings.backup_retention
+        lock_timeout=settings.lock_timeout,
+        backup_retention=settings.backup_retention,
+        journal_retention=settings.journal_retention,
     )
 
     async def handler(request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:

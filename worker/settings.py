@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     command_timeout: float = Field(default=60.0, gt=0)
     lock_timeout: float = Field(default=30.0, gt=0)
     backup_retention: int = Field(default=5, ge=1)
+    journal_retention: int = Field(
+        default=100, ge=1, description="Finished-change records kept per server (idempotency)."
+    )
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
