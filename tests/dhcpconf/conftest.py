@@ -77,4 +77,5 @@ def dhcpd(dhcpd_binary: str, tmp_path: Path) -> Dhcpd:
 @pytest.fixture(params=CASES, ids=[c.id for c in CASES])
 def case(request: pytest.FixtureRequest) -> CorpusCase:
     """Each corpus config that has a failover peer and that dhcpd accepts (with stubs)."""
-    return request.param  # type: ignore[no-any-return]
+    case: CorpusCase = request.param
+    return case

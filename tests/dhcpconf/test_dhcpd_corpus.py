@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from tests.dhcpconf.conftest import Dhcpd
-from tests.dhcpconf.corpus import MAIN, REJECTED, CorpusCase, corpus_text
+from tests.dhcpconf.corpus import REJECTED, CorpusCase, corpus_text
+from tests.dhcpconf.pairs import MAIN
 from worker.dhcpconf import ConfigSet, PeerSettings, modify, parse, parse_dhcpd_output, remove
 from worker.errors import Rejected
 from worker.messages import DeconfigureAction

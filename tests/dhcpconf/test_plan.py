@@ -73,8 +73,7 @@ def test_a_wrong_pair_is_rejected_before_anything_is_computed() -> None:
 
 def test_candidates_that_would_disagree_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     import worker.change.plan as plan
-
-    real = plan.modify
+    from worker.dhcpconf import modify as real
 
     def skewed(cs: ConfigSet, name: str, settings: PeerSettings) -> dict[str, str]:
         texts = real(cs, name, settings)

@@ -139,7 +139,7 @@ _token = st.one_of(_word, _word, _string, _punct)
 
 @st.composite
 def _tokens(draw: st.DrawFn) -> str:
-    tokens = draw(st.lists(_token, min_size=1, max_size=5))
+    tokens: list[str] = draw(st.lists(_token, min_size=1, max_size=5))
     return "".join(tok + draw(_sep) for tok in tokens[:-1]) + tokens[-1]
 
 
