@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from enum import StrEnum
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.consumer.events import EventPublisher, PublishFailed
@@ -310,17 +310,24 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
         try:
             await stop.wait()
         except asyncio.CancelledError:
+            # Stop deliveries first, or requests handed back would come straight back to us.
             consumer.stopping = True
+            await _cancel_consumer(topology.request_queue, tag)
             await consumer.abort()
             raise
         consumer.stopping = True
         log.info("stopping: no new requests; finishing the ones in flight")
-        try:
-            await topology.request_queue.cancel(tag)
-        except (AMQPError, ChannelInvalidStateError, OSError) as exc:
-            log.warning("could not cancel the consumer", error=f"{type(exc).__name__}: {exc}")
+        await _cancel_consumer(topology.request_queue, tag)
         await consumer.drain()
     log.info("worker stopped")
+
+
+async def _cancel_consumer(queue: AbstractQueue, tag: str) -> None:
+    """basic.cancel: no new deliveries (and no restore after a reconnect); best effort."""
+    try:
+        await queue.cancel(tag)
+    except (AMQPError, ChannelInvalidStateError, OSError) as exc:
+        log.warning("could not cancel the consumer", error=f"{type(exc).__name__}: {exc}")
 
 
 @contextmanager
