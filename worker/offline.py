@@ -17,7 +17,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
+from worker.change.plan import ServerPlan, plan_modify, plan_remove
 from worker.dhcpconf import ConfigSet, include_paths, parse_dhcpd_output, rewrite_includes
 from worker.errors import ConfigError, ValidationFailed, WorkerError
 from worker.messages import ErrorInfo, ModifyRequest, Phase, RemoveRequest, parse_request
@@ -84,10 +84,11 @@ def plan_request(
     if isinstance(request, ModifyRequest):
         p, s = plan_modify(request.params, pcs, scs)
         return PlanOutput([p, s], {p.server: "primary", s.server: "secondary"}, warnings)
-    names = request.params.names
-    remove_partners(pcs, names)  # raises PeerNotFound with a precise message
-    pairs = {name: ("primary", "secondary") for name in names}
-    plans = plan_remove(request.params, {"primary": pcs, "secondary": scs}, pairs)
+    # Offline there is no inventory: the two files *are* the pair, labelled by role, and
+    # ``Server`` only says which side the request came from.
+    params = request.params.model_copy(update={"server": "primary"})
+    pairs = {name: ("primary", "secondary") for name in params.names}
+    plans = plan_remove(params, {"primary": pcs, "secondary": scs}, pairs)
     return PlanOutput(plans, {p.server: p.server for p in plans}, warnings)
 
 
