@@ -161,6 +161,16 @@ def test_plan_writes_a_changed_included_file_under_its_own_name(tmp_path: Path) 
     assert "deny all clients;" in (out / "secondary.pools.conf").read_text()
 
 
+def test_plan_validates_with_unchanged_relative_includes_found_beside_the_main_file(
+    tmp_path: Path, pair: tuple[Path, Path]
+) -> None:
+    p, s = pair
+    (p.parent / "extra.conf").write_text("option domain-search \"example.net\";\n")
+    p.write_text(p.read_text() + 'include "extra.conf";\n')
+    result = run_plan(tmp_path, modify(Mclt=1800), p, s)
+    assert result.exit_code == 0, result.output
+
+
 def test_inspect_lists_each_peer_with_its_parameters_and_scopes(corpus_dir: Path) -> None:
     result = CliRunner().invoke(main, ["inspect", str(corpus_dir / "isc-dhcp__dhcp-1.conf")])
     assert result.exit_code == 0, result.output

@@ -132,6 +132,7 @@ def validate_with_dhcpd(plan: ServerPlan, dhcpd: str) -> None:
             text=True,
             timeout=60,
             check=False,
+            cwd=Path(plan.main).parent,  # relative includes resolve as load_local resolved them
         )
         if proc.returncode == 0:
             return
