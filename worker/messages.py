@@ -326,7 +326,7 @@ class ResultEvent(BaseModel):
         """Structured-mode body. Absent optional attributes are omitted (CloudEvents has no
         null attributes); inside ``data`` nulls stay, e.g. ``"error": null``."""
         doc = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
-        return json.dumps(doc, separators=(",", ":")).encode()
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def event_id(request_id: str, outcome: Outcome) -> str:

@@ -10,8 +10,6 @@ raises :class:`PublishFailed`, and the caller leaves the request unacked so it i
 from __future__ import annotations
 
 import asyncio
-import json
-from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractExchange
@@ -30,15 +28,8 @@ class PublishFailed(Exception):
 
 
 def encode_event(event: ResultEvent) -> bytes:
-    """The event as structured-mode JSON.
-
-    Envelope attributes that are ``None`` (``subject``, ``correlationid``) are left out: the
-    CloudEvents JSON format has no null attributes and strict readers (the official SDK among
-    them) reject ``"subject": null``. Nulls inside ``data`` (``"error": null``) stay.
-    """
-    envelope: dict[str, Any] = event.model_dump(mode="json")
-    body = {k: v for k, v in envelope.items() if v is not None or k == "data"}
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+    """The event as structured-mode JSON (see :meth:`ResultEvent.to_json` for the nulls)."""
+    return event.to_json()
 
 
 def decode_event(body: bytes | str) -> ResultEvent:
