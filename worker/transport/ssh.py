@@ -10,19 +10,30 @@ What the remote account needs
   are created next to the live file so renames stay atomic and on one filesystem (and inside
   what an AppArmor profile for dhcpd allows). To keep the live file's owner on a replace the
   account must own it or be root; otherwise writes fail rather than silently change owner.
-* ``flock`` (util-linux), ``sh`` and ``cat`` on its PATH, for the change lock.
+* A login shell that runs a POSIX command line (sh, bash, dash, ksh, zsh) and start-up files
+  that print nothing on stdout (noise before the agent's banner is skipped, but is better not
+  there). On the server's PATH: ``/bin/sh``, ``flock`` (util-linux) for the change lock and
+  ``timeout`` (GNU coreutils) to stop a command the worker gave up on; without ``timeout``
+  everything works but such a command runs on to its end.
 * The ``validate_command`` (default ``dhcpd -t -cf {path}``), ``restart_command`` and optional
   ``verify_command`` allowed to it (root, or sudo rules without a password prompt or tty).
+  They run under ``/bin/sh -c`` with the environment the login shell exported once, when the
+  agent started: ``PATH`` and other exported variables from start-up files apply, aliases and
+  shell functions do not.
 * Ideally ``ClientAliveInterval`` in sshd_config, so a lock held by a worker that vanished
   without closing its TCP connection is released within a bounded time.
 * ``MaxSessions`` (default 10) above what one worker opens on one connection: an SFTP session,
-  one channel per change holding or waiting for the lock, one per running command.
-* A non-root account, preferably: OpenSSH refuses the "signal" request for root sessions, so
-  a timed-out command of a root login cannot be stopped from here and runs on to its end.
+  and one agent shell per change holding or waiting for the lock plus one per command running
+  at the same moment (up to ``MAX_IDLE_AGENTS`` of them stay open between changes).
 
-Each exec pays the account's shell start-up files, so an operation costs at most one exec:
-validate is one, restart-and-verify is one (``restart && verify``), taking the lock is one
-long-lived exec; reads, writes, renames, removes and listings are SFTP requests.
+Execs: sshd runs every exec through the login shell, which reads its start-up files (150 ms
+or far more with a version manager in ``.bashrc``). So commands and the lock go to *agents*
+(:mod:`worker.transport.agent`): small ``/bin/sh`` loops started with one exec each, pooled per
+connection and reused, that run a request framed on their stdin and frame the reply. A warm
+change starts no exec: one pooled agent holds the lock, another runs validate and
+restart-and-verify (``restart && verify``, one request). Reads, writes, renames, removes and
+listings are SFTP requests. A command past ``command_timeout`` is ``Ambiguous``; its agent is
+discarded and the server-side ``timeout`` stops the command's process group a moment later.
 
 Failure mapping: cannot connect / authenticate -> ``Unreachable``; host key not trusted ->
 ``HostKeyMismatch``; a command past its timeout, or a connection lost in the middle of a
@@ -61,14 +72,34 @@ from worker.errors import (
     Unreachable,
 )
 from worker.settings import Settings
+from worker.transport.agent import (
+    AGENT_COMMAND,
+    KILL_GRACE,
+    LOCK_BUSY_EXIT,
+    Agent,
+    AgentLost,
+    AgentTimeout,
+    Reply,
+)
 from worker.transport.inventory import Inventory, ServerEntry
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-LOCK_BUSY_EXIT = 75
-"""flock's exit status when the lock stays busy (``-E``); EX_TEMPFAIL."""
+_CIPHERS = (
+    "aes128-gcm@openssh.com",
+    "aes256-gcm@openssh.com",
+    "chacha20-poly1305@openssh.com",
+    "aes128-ctr",
+    "aes256-ctr",
+)
+"""AES-GCM first: asyncssh does chacha20-poly1305 in several Python-level calls per packet,
+AES-GCM in one (with AES-NI), so it costs the worker far less CPU per SFTP round trip. All of
+these are in OpenSSH's default server list; the weak legacy ciphers are never offered."""
+
+MAX_IDLE_AGENTS = 4
+"""Agent shells kept open per connection between requests (each is an SSH session)."""
 
 # Errors meaning "the connection or channel went away", as opposed to a definite refusal.
 _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
@@ -81,6 +112,7 @@ _CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
     EOFError,
 )
 _START_ERRORS: tuple[type[BaseException], ...] = (TimeoutError, *_CONNECTION_ERRORS)
+_AGENT_START_ERRORS: tuple[type[BaseException], ...] = (asyncio.IncompleteReadError, *_START_ERRORS)
 
 
 @dataclass(frozen=True)
@@ -104,21 +136,14 @@ class _Gone(Exception):
 
 
 class _HeldLock:
-    """A change lock: the remote ``flock`` process and the connection it lives on."""
+    """A change lock: the agent shell whose file descriptor holds the ``flock``."""
 
-    def __init__(
-        self, conn: asyncssh.SSHClientConnection, process: asyncssh.SSHClientProcess[str]
-    ) -> None:
-        self.conn = conn
-        self.process = process
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
 
     @property
     def lost(self) -> bool:
-        return (
-            self.conn.is_closed()
-            or self.process.is_closing()
-            or self.process.exit_status is not None
-        )
+        return self.agent.closed
 
 
 # Locks held by the current task (and tasks it spawns): host -> lock. Lets every operation
@@ -144,8 +169,9 @@ class SshHost:
         self._pool_lock = asyncio.Lock()
         self.connections_opened = 0
         """Handshakes done so far: a warm host does none (for metrics and tests)."""
+        self._agents: list[Agent] = []
         self.execs_started = 0
-        """Remote commands started (each pays the shell's start-up files)."""
+        """Exec channels started, each paying the shell's start-up files: one per agent."""
 
     @property
     def name(self) -> str:
@@ -224,6 +250,7 @@ class SshHost:
                     gss_auth=False,
                     gss_kex=False,
                     public_key_auth=True,
+                    encryption_algs=_CIPHERS,
                     connect_timeout=self._options.connect_timeout,
                     keepalive_interval=self._options.keepalive_interval,
                     keepalive_count_max=self._options.keepalive_count_max,
@@ -457,144 +484,186 @@ class SshHost:
 
         return await self._reads(f"list {directory}", op)
 
-    # -- commands -------------------------------------------------------------------------------
+    # -- the agent pool ---------------------------------------------------------------------------
 
-    async def validate(self, path: str) -> CommandResult:
-        return await self._run(_substitute(self._server.validate_command, path))
+    async def _checkout(self) -> Agent:
+        """An idle agent on the live pooled connection, or a new one: the only exec a warm
+        host ever starts is for a second change running on it at the same moment."""
+        self._check_lock()
+        conn = await self._connection()
+        while self._agents:
+            agent = self._agents.pop()
+            if agent.conn is conn and not agent.closed:
+                return agent
+            agent.discard()
+        return await self._start_agent()
 
-    async def restart(self) -> CommandResult:
-        """Restart and verify in one exec: the shell start-up cost is paid once."""
-        s = self._server
-        command = _substitute(s.restart_command, s.config_path)
-        if s.verify_command is not None:
-            command = f"{command} && {_substitute(s.verify_command, s.config_path)}"
-        return await self._run(command)
+    def _checkin(self, agent: Agent) -> None:
+        """Back to the pool after a complete request; surplus or dead agents are ended."""
+        if agent.closed or agent.conn is not self._conn:
+            agent.discard()
+        elif len(self._agents) >= MAX_IDLE_AGENTS:
+            agent.retire()
+        else:
+            self._agents.append(agent)
 
-    async def _start(
-        self, command: str
-    ) -> tuple[asyncssh.SSHClientConnection, asyncssh.SSHClientProcess[str]]:
-        """Open an exec channel; if the pooled connection was dead, nothing ran: retry once."""
+    async def _start_agent(self) -> Agent:
+        """Start an agent with one exec; if the pooled connection was dead, nothing ran and
+        the start is retried once on a fresh one."""
         for attempt in (1, 2):
             self._check_lock()
             conn = await self._connection()
             try:
                 async with asyncio.timeout(self._options.connect_timeout):
-                    process: asyncssh.SSHClientProcess[str] = await conn.create_process(
-                        command, encoding="utf-8", errors="replace"
+                    process: asyncssh.SSHClientProcess[bytes] = await conn.create_process(
+                        AGENT_COMMAND, encoding=None
                     )
                 self.execs_started += 1
-                return conn, process
             except _START_ERRORS as e:
                 self._forget(conn)
                 if attempt == 2 or not conn.is_closed():
                     raise Unreachable(
                         f"{self._name}: cannot start a command: {_reason(e)}", server=self._name
                     ) from e
+                continue
+            try:
+                return await Agent.start(conn, process, self._options.connect_timeout)
+            except _AGENT_START_ERRORS as e:
+                self._forget(conn)
+                stderr = _text(getattr(e, "partial", b""))
+                raise CommandFailed(
+                    f"{self._name}: the remote shell did not start "
+                    f"({_reason(e) if not isinstance(e, TimeoutError) else 'no answer'}); "
+                    "the account needs a POSIX login shell, /bin/sh and quiet start-up files",
+                    server=self._name,
+                    detail={"stderr": stderr[-2000:]},
+                ) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
+    async def _request(self, op: str, arg: str, body: str, limit: float) -> tuple[Agent, Reply]:
+        """One request on a checked-out agent, which the caller then owns (check it in, keep
+        it for a held lock). A request that surely never reached a shell is retried once."""
+        for attempt in (1, 2):
+            agent = await self._checkout()
+            try:
+                return agent, await agent.request(op, arg, body, limit)
+            except AgentLost as e:
+                self._forget(agent.conn)
+                if e.sent or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- commands -------------------------------------------------------------------------------
+
+    async def validate(self, path: str) -> CommandResult:
+        return await self._run(_substitute(self._server.validate_command, path))
+
+    async def restart(self) -> CommandResult:
+        """Restart and verify in one request: ``restart && verify``."""
+        s = self._server
+        command = _substitute(s.restart_command, s.config_path)
+        if s.verify_command is not None:
+            command = f"{command} && {_substitute(s.verify_command, s.config_path)}"
+        return await self._run(command)
+
     async def _run(self, command: str) -> CommandResult:
+        timeout = self._options.command_timeout
         started = time.monotonic()
-        _conn, process = await self._start(command)
-        with contextlib.suppress(OSError):  # commands get no input: EOF at once
-            process.stdin.write_eof()
         try:
-            async with asyncio.timeout(self._options.command_timeout):
-                done = await process.wait(check=False)
-        except TimeoutError as e:
-            _abandon(process)
+            agent, reply = await self._request(
+                "run", f"{timeout + KILL_GRACE:.3f}", command, timeout
+            )
+        except AgentTimeout as e:
             raise Ambiguous(
-                f"{self._name}: `{command}` did not finish within "
-                f"{self._options.command_timeout:g}s; its effect is unknown",
+                f"{self._name}: `{command}` did not finish within {timeout:g}s; "
+                "its effect is unknown",
                 server=self._name,
                 detail={"command": command},
             ) from e
-        except _CONNECTION_ERRORS as e:
-            self._forget()
+        except AgentLost as e:
             raise Ambiguous(
                 f"{self._name}: connection lost while `{command}` ran; its effect is unknown",
                 server=self._name,
                 detail={"command": command},
             ) from e
-        status = done.exit_status
+        self._checkin(agent)
         return CommandResult(
             command=command,
-            exit_status=None
-            if done.exit_signal is not None or status is None or status < 0
-            else status,
-            stdout=_text(done.stdout),
-            stderr=_text(done.stderr),
+            exit_status=reply.status,
+            stdout=_text(reply.stdout),
+            stderr=_text(reply.stderr),
             duration_ms=int((time.monotonic() - started) * 1000),
         )
 
     # -- change lock ----------------------------------------------------------------------------
 
     def lock(self, timeout: float) -> AbstractAsyncContextManager[None]:
-        """``flock`` on the lock file, held by a long-lived exec whose stdin we keep open.
+        """``flock`` on the lock file, held on a file descriptor of an agent shell.
 
-        Closing the channel (or the worker dying, which closes the connection) ends ``cat``,
-        so ``flock`` exits and the lock is free again; nothing is left to clean up by hand.
+        The worker dying (or its connection) closes the agent's stdin, the shell exits and the
+        lock is free again; nothing is left to clean up by hand. Commands run on other agents,
+        so a command given up on never takes the lock down with it.
         """
         return _ChangeLock(self, timeout)
 
     async def _acquire(self, wait_seconds: float) -> _HeldLock:
         path = self._server.effective_lock_path
         wait = max(wait_seconds, 0.0)
-        command = (
-            f"flock -E {LOCK_BUSY_EXIT} -w {wait:.3f} {shlex.quote(path)} "
-            f"-c {shlex.quote('echo locked; exec cat >/dev/null')}"
-        )
-        conn, process = await self._start(command)
         try:
-            async with asyncio.timeout(wait + self._options.connect_timeout):
-                line = await process.stdout.readline()
-        except TimeoutError as e:
-            _abandon(process)
+            agent, reply = await self._request(
+                "lock", f"{wait:.3f}", path, wait + self._options.connect_timeout
+            )
+        except AgentTimeout as e:
             raise LockTimeout(
                 f"{self._name}: change lock {path} not obtained within {wait:g}s",
                 server=self._name,
             ) from e
-        except _CONNECTION_ERRORS as e:
-            self._forget(conn)
+        except AgentLost as e:
             raise Unreachable(
-                f"{self._name}: connection lost while taking the change lock: {_reason(e)}",
+                f"{self._name}: connection lost while taking the change lock: {e}",
                 server=self._name,
             ) from e
-        if line.strip() == "locked":
+        if reply.status == 0:
             log.debug("ssh.locked", server=self._name, path=path)
-            return _HeldLock(conn, process)
-        with contextlib.suppress(TimeoutError, *_CONNECTION_ERRORS):
-            async with asyncio.timeout(self._options.connect_timeout):
-                await process.wait(check=False)
-        stderr = _text(await _drain(process.stderr))
-        process.close()
-        if process.exit_status == LOCK_BUSY_EXIT:
+            return _HeldLock(agent)
+        self._checkin(agent)
+        if reply.status == LOCK_BUSY_EXIT:
             raise LockTimeout(
                 f"{self._name}: change lock {path} is held by another change; "
                 f"not obtained within {wait:g}s",
                 server=self._name,
             )
+        stderr = _text(reply.stderr)
         raise CommandFailed(
             f"{self._name}: cannot take change lock {path}: {stderr.strip() or 'no output'} "
-            f"(exit {process.exit_status}); the account needs flock and write access there",
+            f"(exit {reply.status}); the account needs flock and write access there",
             server=self._name,
-            detail={"command": command, "exit_status": process.exit_status, "stderr": stderr},
+            detail={"lock": path, "exit_status": reply.status, "stderr": stderr},
         )
 
     async def _release(self, held: _HeldLock) -> None:
-        """Close flock's stdin and wait (briefly) until it has exited: the lock is free."""
-        process = held.process
-        with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
-            if not held.lost:
-                process.stdin.write_eof()
-                async with asyncio.timeout(self._options.connect_timeout):
-                    await process.wait(check=False)
-        process.close()
-        log.debug("ssh.unlocked", server=self._name)
+        """Close the lock's file descriptor in the agent (the lock is free once it answers)
+        and pool the agent again; if that fails, drop the agent, which frees the lock too."""
+        agent = held.agent
+        if not held.lost:
+            try:
+                await agent.request("unlock", "0", "", self._options.connect_timeout)
+            except (AgentLost, AgentTimeout):
+                pass  # discarded: its shell exits and the kernel drops the lock
+            else:
+                self._checkin(agent)
+                log.debug("ssh.unlocked", server=self._name)
+                return
+        agent.discard()
+        log.debug("ssh.unlocked", server=self._name, dropped=True)
 
     async def close(self) -> None:
         """Close the pooled connection (locks held on it are released by the server)."""
         async with self._pool_lock:
             conn, self._conn, self._sftp = self._conn, None, None
+            agents, self._agents = self._agents, []
+        for agent in agents:
+            agent.retire()
         if conn is not None:
             conn.close()
             with contextlib.suppress(Exception):
@@ -673,20 +742,6 @@ class SshFleet:
 def _substitute(template: str, path: str) -> str:
     """Put the shell-quoted ``path`` where ``{path}`` stands; nothing else is interpolated."""
     return template.replace("{path}", shlex.quote(path))
-
-
-def _abandon(process: asyncssh.SSHClientProcess[str]) -> None:
-    """Ask sshd to signal the command's process group, then drop the channel."""
-    with contextlib.suppress(OSError, asyncssh.Error):
-        process.send_signal("TERM")
-    process.close()
-
-
-async def _drain(stream: asyncssh.SSHReader[str]) -> str:
-    with contextlib.suppress(Exception):
-        async with asyncio.timeout(1):
-            return await stream.read()
-    return ""
 
 
 def _text(value: object) -> str:

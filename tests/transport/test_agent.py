@@ -1,0 +1,199 @@
+"""The agent shells behind SshHost's commands and locks, on a real sshd: framing, reuse, and
+what happens to a command the worker gives up on."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import pytest
+
+from tests.fixtures.sshd import LocalHostsFactory
+from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
+from worker.demo.localhosts import LocalHost, LocalHosts, _tagged_pids
+from worker.errors import Ambiguous, LockTimeout
+from worker.transport import SshFleet, SshOptions, load_inventory, parse_inventory
+from worker.transport.agent import AGENT_COMMAND, KILL_GRACE, Agent
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+FAST = SshOptions(connect_timeout=5, command_timeout=5, keepalive_interval=5)
+
+
+@pytest.fixture
+def pair(local_hosts: LocalHostsFactory) -> LocalHosts:
+    return local_hosts(sample_configs(), addresses=SAMPLE_ADDRESSES, hang_seconds=60)
+
+
+@pytest.fixture
+async def fleet(pair: LocalHosts) -> AsyncIterator[SshFleet]:
+    fleet = SshFleet(load_inventory(pair.inventory_path), FAST)
+    try:
+        yield fleet
+    finally:
+        await fleet.close()
+
+
+def _fleet_for(hosts: LocalHosts, options: SshOptions = FAST, **changes: Any) -> SshFleet:
+    import tomllib
+
+    raw = tomllib.loads(hosts.inventory_path.read_text())["servers"][PRIMARY]
+    raw.update(changes)
+    return SshFleet(parse_inventory({"servers": {PRIMARY: raw}}, hosts.inventory_path), options)
+
+
+def _processes(hosts: LocalHosts, needle: str) -> list[int]:
+    """Processes the hosts' sshds started whose command line contains ``needle``."""
+    found = []
+    for pid in _tagged_pids(hosts.token):
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            if needle.encode() in cmdline:
+                found.append(pid)
+    return found
+
+
+async def _gone(hosts: LocalHosts, needle: str, within: float) -> bool:
+    """True once no process matching ``needle`` is left, polling for up to ``within`` s."""
+    deadline = time.monotonic() + within
+    for _ in range(int(within / 0.05) + 1):
+        if not _processes(hosts, needle) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.05)
+    return not _processes(hosts, needle)
+
+
+async def _raw_connection(hosts: LocalHosts, local: LocalHost) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        "127.0.0.1",
+        local.port,
+        username=os.environ.get("USER") or "root",
+        client_keys=[str(hosts.client_key)],
+        known_hosts=str(hosts.known_hosts),
+        config=None,
+        agent_path=None,
+    )
+
+
+# -- framing -------------------------------------------------------------------------------------
+
+
+async def test_streams_status_and_bytes_come_back_exactly(pair: LocalHosts) -> None:
+    command = (
+        ": {path}; printf 'no newline at the end'; printf 'to stderr\\n' >&2; "
+        "head -c 300000 /dev/zero | tr '\\0' x >&2; exit 7"
+    )
+    async with _fleet_for(pair, validate_command=command) as fleet:
+        result = await fleet.host(PRIMARY).validate("/unused")
+    assert result.exit_status == 7
+    assert result.stdout == "no newline at the end"
+    assert result.stderr == "to stderr\n" + "x" * 300000
+
+
+async def test_a_multi_line_command_runs_whole(pair: LocalHosts) -> None:
+    async with _fleet_for(pair, validate_command="echo one\necho two {path}") as fleet:
+        result = await fleet.host(PRIMARY).validate("/a path")
+    assert result.ok
+    assert result.stdout == "one\ntwo /a path\n"
+
+
+async def test_a_command_reading_stdin_gets_eof_and_leaves_the_agent_usable(
+    pair: LocalHosts,
+) -> None:
+    async with _fleet_for(pair, validate_command="cat; echo after cat {path}") as fleet:
+        host = fleet.host(PRIMARY)
+        first = await host.validate("/unused")
+        second = await host.validate("/unused")
+    assert first.stdout == second.stdout == "after cat /unused\n"
+    assert host.execs_started == 1
+
+
+async def test_concurrent_commands_on_one_host_each_get_their_own_output(
+    pair: LocalHosts,
+) -> None:
+    async with _fleet_for(pair, validate_command="sleep 0.2; echo {path}") as fleet:
+        host = fleet.host(PRIMARY)
+        results = await asyncio.gather(*(host.validate(f"/p{i}") for i in range(3)))
+        assert [r.stdout for r in results] == ["/p0\n", "/p1\n", "/p2\n"]
+        assert host.execs_started == 3
+        await asyncio.gather(*(host.validate(f"/p{i}") for i in range(3)))
+        assert host.execs_started == 3  # the pool serves the second round
+
+
+async def test_start_up_noise_of_the_login_shell_is_skipped(pair: LocalHosts) -> None:
+    local = pair.hosts[PRIMARY]
+    async with await _raw_connection(pair, local) as conn:
+        process = await conn.create_process(
+            f"echo motd-like noise; echo more noise >&2; {AGENT_COMMAND}", encoding=None
+        )
+        agent = await Agent.start(conn, process, 5)
+        reply = await agent.request("run", "10", "echo hi; echo err >&2", 5)
+        agent.retire()
+    assert (reply.status, reply.stdout, reply.stderr) == (0, b"hi\n", b"err\n")
+
+
+async def test_a_request_cut_short_is_never_run(pair: LocalHosts, tmp_path: Path) -> None:
+    local = pair.hosts[PRIMARY]
+    marker = tmp_path / "ran"
+    async with await _raw_connection(pair, local) as conn:
+        process = await conn.create_process(AGENT_COMMAND, encoding=None)
+        await Agent.start(conn, process, 5)
+        process.stdin.write(f"run {'a' * 32} 10\ntouch {marker}\n".encode())  # no closing token
+        process.stdin.write_eof()
+        async with asyncio.timeout(5):
+            await process.wait_closed()
+    assert not marker.exists()
+
+
+# -- reuse and replacement -------------------------------------------------------------------------
+
+
+async def test_an_agent_that_died_while_idle_is_replaced_without_ambiguity(
+    pair: LocalHosts, fleet: SshFleet
+) -> None:
+    host = fleet.host(PRIMARY)
+    assert (await host.restart()).ok
+    for pid in _processes(pair, "dfw-agent"):
+        os.kill(pid, signal.SIGKILL)
+    await asyncio.sleep(0.3)
+    assert (await host.restart()).ok
+    assert host.execs_started == 2
+    assert host.connections_opened == 1
+
+
+async def test_a_timed_out_command_is_stopped_on_the_server_and_the_lock_survives(
+    pair: LocalHosts,
+) -> None:
+    local = pair.hosts[PRIMARY]
+    options = SshOptions(connect_timeout=5, command_timeout=1)
+    async with _fleet_for(pair, options) as fleet, _fleet_for(pair) as other:
+        host = fleet.host(PRIMARY)
+        async with host.lock(5):
+            local.set_marker("hang-restart")
+            with pytest.raises(Ambiguous):
+                await host.restart()
+            assert _processes(pair, "sleep 60")  # still running just after the timeout
+            local.set_marker("hang-restart", on=False)
+            # The lock is held by another agent: still ours, and the rollback can restart.
+            with pytest.raises(LockTimeout):
+                async with other.host(PRIMARY).lock(0.2):
+                    pytest.fail("lock lost with the timed-out command")
+            assert (await host.restart()).ok
+            assert await _gone(pair, "sleep 60", within=1 + KILL_GRACE + 3), "hung command left"
+    assert [r.status for r in local.restarts()] == ["hung", "ok"]
+
+
+async def test_closing_the_fleet_ends_every_agent(pair: LocalHosts) -> None:
+    async with _fleet_for(pair) as fleet:
+        host = fleet.host(PRIMARY)
+        async with host.lock(5):
+            assert (await host.restart()).ok
+        assert len(_processes(pair, "dfw-agent")) == 2
+    assert await _gone(pair, "dfw-agent", within=5)

@@ -1,0 +1,228 @@
+"""A long-lived POSIX shell per SSH channel that runs our commands without a new exec each.
+
+Why: sshd runs every exec through the account's login shell, which reads its start-up files
+(a ``.bashrc`` running a version manager costs 150-700 ms per call). An agent pays that once:
+it is started with one exec (``exec /bin/sh -c SCRIPT``) and then reads framed requests from
+its stdin, so a warm change runs ``validate_command``, ``restart_command`` and the change lock
+with no new exec at all.
+
+The protocol (all text, one request at a time per agent)::
+
+    request   <op> <token> <arg>\\n  <body lines>\\n  <token>\\n
+    reply     stdout: <output>\\n<token> <status>\\n      stderr: <output>\\n<token>\\n
+
+``token`` is 32 random hex digits per request: it ends the body (a command or a path; never
+message text, only inventory values with ``{path}`` shell-quoted by the caller) and marks the
+end of each output stream, so any byte a command prints is passed through unchanged. A body cut
+short by a lost connection is never run: the agent exits unless it read the closing token.
+
+Ops: ``run`` runs the body with ``/bin/sh -c`` under GNU ``timeout`` (``arg`` seconds, then
+KILL after 5 more), stdin ``/dev/null``, fd 9 closed. ``timeout`` puts the command in its own
+process group and kills that whole group, so a command the worker gave up on is stopped on
+the server even for a root login (whose sessions sshd will not signal). ``lock`` opens the
+body's path on fd 9 and ``flock -w arg`` on it (exit 75 when busy); ``unlock`` closes fd 9.
+The lock belongs to the agent shell itself: when the worker or its connection dies, sshd closes
+the agent's stdin, the shell exits, and the kernel drops the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shlex
+import uuid
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+import asyncssh
+
+LOCK_BUSY_EXIT = 75
+"""flock's exit status when the lock stays busy (``-E``); EX_TEMPFAIL."""
+
+KILL_GRACE = 1.0
+"""Seconds the server-side ``timeout`` adds to the worker's own command timeout. The worker
+gives up first and calls the command ambiguous; only then is the command stopped, so a kill
+is never mistaken for the command's own failure."""
+
+_READY = b"\ndfw-agent-ready-v1\n"
+
+# Runs under /bin/sh (dash, bash --posix, busybox ash...): POSIX only, every expansion quoted.
+AGENT_SCRIPT = r"""
+if command -v timeout >/dev/null 2>&1; then dfw_t=timeout; else dfw_t=; fi
+printf '\ndfw-agent-ready-v1\n'
+printf '\ndfw-agent-ready-v1\n' >&2
+while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
+  dfw_body=
+  dfw_whole=
+  while IFS= read -r dfw_line; do
+    if [ "$dfw_line" = "$dfw_tok" ]; then dfw_whole=1; break; fi
+    dfw_body="$dfw_body$dfw_line
+"
+  done
+  [ -n "$dfw_whole" ] || exit 0
+  case $dfw_op in
+    run)
+      if [ -n "$dfw_t" ]; then
+        timeout -k 5 "$dfw_arg" /bin/sh -c "$dfw_body" </dev/null 9>&-
+      else
+        /bin/sh -c "$dfw_body" </dev/null 9>&-
+      fi
+      dfw_st=$? ;;
+    lock)
+      dfw_body=${dfw_body%?}
+      if command exec 9>>"$dfw_body"; then
+        flock -E 75 -w "$dfw_arg" 9
+        dfw_st=$?
+        [ "$dfw_st" -eq 0 ] || exec 9>&-
+      else
+        dfw_st=1
+      fi ;;
+    unlock)
+      exec 9>&-
+      dfw_st=0 ;;
+    *)
+      echo "dfw-agent: unknown request $dfw_op" >&2
+      dfw_st=2 ;;
+  esac
+  printf '\n%s %s\n' "$dfw_tok" "$dfw_st"
+  printf '\n%s\n' "$dfw_tok" >&2
+done
+"""
+
+AGENT_COMMAND = f"exec /bin/sh -c {shlex.quote(AGENT_SCRIPT)} dfw-agent"
+"""What the login shell is asked to run: its start-up files are read this once per agent."""
+
+
+class AgentLost(Exception):
+    """The agent's channel ended. ``sent`` says whether the request may have reached it."""
+
+    def __init__(self, message: str, *, sent: bool) -> None:
+        super().__init__(message)
+        self.sent = sent
+
+
+class AgentTimeout(Exception):
+    """No reply within the timeout; the agent has been discarded."""
+
+
+@dataclass(frozen=True)
+class Reply:
+    """One finished request: the agent's status for it and the captured output."""
+
+    status: int
+    stdout: bytes
+    stderr: bytes
+
+
+class Agent:
+    """One agent shell on one connection. Requests are serialised; a request that does not
+    complete (timeout, cancellation, lost channel) discards the agent, because the stream
+    can no longer be trusted to be at a frame boundary."""
+
+    def __init__(
+        self, conn: asyncssh.SSHClientConnection, process: asyncssh.SSHClientProcess[bytes]
+    ) -> None:
+        self.conn = conn
+        self.process = process
+        self._busy = asyncio.Lock()
+        self._broken = False
+
+    @classmethod
+    async def start(
+        cls,
+        conn: asyncssh.SSHClientConnection,
+        process: asyncssh.SSHClientProcess[bytes],
+        limit: float,
+    ) -> Agent:
+        """Wait for the agent's banner on both streams (start-up noise before it is skipped)."""
+        agent = cls(conn, process)
+        try:
+            async with asyncio.timeout(limit):
+                await _both(process.stdout.readuntil(_READY), process.stderr.readuntil(_READY))
+        except BaseException:
+            agent.discard()
+            raise
+        return agent
+
+    @property
+    def closed(self) -> bool:
+        """True once the agent cannot take another request."""
+        return (
+            self._broken
+            or self.conn.is_closed()
+            or self.process.is_closing()
+            or self.process.exit_status is not None
+        )
+
+    async def request(self, op: str, arg: str, body: str, limit: float) -> Reply:
+        """Send one request and wait for its reply; see the module docstring for the frame."""
+        if "\0" in body:
+            raise ValueError("a NUL byte cannot be passed through a shell")
+        async with self._busy:
+            if self.closed:
+                raise AgentLost("agent channel already closed", sent=False)
+            token = uuid.uuid4().hex
+            frame = f"{op} {token} {arg}\n{body}"
+            if body and not body.endswith("\n"):
+                frame += "\n"
+            frame += f"{token}\n"
+            done = False
+            sent = False
+            try:
+                self.process.stdin.write(frame.encode("utf-8", "surrogateescape"))
+                sent = True
+                async with asyncio.timeout(limit):
+                    out, err = await _both(
+                        self.process.stdout.readuntil(f"\n{token} ".encode()),
+                        self.process.stderr.readuntil(f"\n{token}\n".encode()),
+                    )
+                    status_line = await self.process.stdout.readline()
+                status = int(status_line.strip())
+                done = True
+            except TimeoutError as e:
+                raise AgentTimeout(f"no reply within {limit:g}s") from e
+            except (asyncio.IncompleteReadError, ValueError) as e:
+                raise AgentLost(f"agent channel ended: {e}", sent=sent) from e
+            except (asyncssh.Error, OSError) as e:
+                raise AgentLost(f"agent channel failed: {e}", sent=sent) from e
+            finally:
+                if not done:
+                    self.discard()
+            cut = len(token) + 2  # "\n" + token + " " (stdout), "\n" + token + "\n" (stderr)
+            return Reply(status, out[:-cut], err[:-cut])
+
+    def discard(self) -> None:
+        """Drop the agent now: ask sshd to signal it (refused for root), close the channel.
+        Its shell then exits on EOF or a broken pipe; a command it was running is stopped by
+        the server-side ``timeout``."""
+        self._broken = True
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.process.send_signal("TERM")
+        self.process.close()
+
+    def retire(self) -> None:
+        """End an idle agent politely: EOF on its stdin ends its loop, and the shell exits."""
+        self._broken = True
+        with contextlib.suppress(OSError, asyncssh.Error):
+            self.process.stdin.write_eof()
+        self.process.close()
+
+
+async def _both(a: Awaitable[bytes], b: Awaitable[bytes]) -> tuple[bytes, bytes]:
+    """Read both streams at once (a full stderr must not stall stdout); if one fails, the
+    other read is cancelled instead of lingering on a stream nobody will read again."""
+    tasks = [asyncio.ensure_future(a), asyncio.ensure_future(b)]
+    try:
+        first, second = await asyncio.gather(*tasks)
+        return first, second
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+            task.add_done_callback(_retrieve)
+
+
+def _retrieve(task: asyncio.Future[bytes]) -> None:
+    """Mark a failed read's exception as seen: the caller already acted on the first one."""
+    if not task.cancelled():
+        task.exception()
