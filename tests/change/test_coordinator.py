@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from typing import Any
 
 import pytest
 import structlog
@@ -28,7 +29,9 @@ from tests.change.helpers import (
     sha,
     without_durations,
 )
+from worker.change import recovery
 from worker.change.coordinator import ChangeOptions, execute
+from worker.change.journal import Journal
 from worker.demo import PRIMARY, SECONDARY
 from worker.messages import Outcome, Phase
 
@@ -555,6 +558,46 @@ async def test_the_same_request_twice_applies_once_and_returns_the_same_result(
 
     assert without_durations(second) == without_durations(first)
     assert world.timeline == mutations  # not even a lock
+    assert world.primary.restart_count() == world.secondary.restart_count() == 1
+
+
+async def test_two_runs_of_one_request_at_once_apply_it_once_and_return_the_same_result(
+    world: World,
+) -> None:
+    # Two deliveries of one request id (a publisher's retry, two workers): both plan before
+    # either commits; the one that waited for the locks must return the recorded outcome,
+    # not fail on the files the other just changed.
+    first, second = await asyncio.gather(
+        execute(modify_request(), "req-modify-1", world.fleet),
+        execute(modify_request(), "req-modify-1", world.fleet),
+    )
+
+    assert first.outcome is Outcome.succeeded, first.error
+    assert without_durations(second) == without_durations(first)
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert world.primary.restart_count() == world.secondary.restart_count() == 1
+
+
+async def test_a_run_that_plans_after_its_twin_committed_returns_the_recorded_result(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # This run looked for its journal just before its twin wrote one, and read the live files
+    # just after the twin committed: it sees nothing to change, and must still answer with
+    # the twin's outcome rather than a "succeeded, changed: false" of its own.
+    first = await execute(modify_request(), "req-modify-1", world.fleet)
+    real_find_previous = recovery.find_previous
+    lookups = 0
+
+    async def too_early_once(*args: Any, **kwargs: Any) -> dict[str, Journal]:
+        nonlocal lookups
+        lookups += 1
+        return {} if lookups == 1 else await real_find_previous(*args, **kwargs)
+
+    monkeypatch.setattr(recovery, "find_previous", too_early_once)
+    second = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert lookups >= 2
+    assert without_durations(second) == without_durations(first)
     assert world.primary.restart_count() == world.secondary.restart_count() == 1
 
 

@@ -42,6 +42,10 @@ Idempotency and recovery (the policy)
     with ``unfinished_change`` (nothing touched): planning on a half-changed pair is wrong,
     and finishing the old change later would overwrite the new one.
 
+    Two deliveries of one request id running at once (a publisher's retry, two workers on one
+    queue) converge the same way: the run that waited for the locks, or found nothing left to
+    change, answers with the outcome the other recorded.
+
     A done record is pruned once ``journal_retention`` newer ones exist; a request
     redelivered after that is planned afresh (and finds its change already in place).
 
@@ -138,6 +142,12 @@ async def execute(
                 if previous is not None:
                     return run.done(previous)
             changes, warnings = await _plan(run, fleet)
+            if not request.dry_run and not any(c.changed for c in changes):
+                # Nothing to change: maybe a twin delivery of this request id applied it
+                # since the lookup above. Its outcome is the answer, not a "changed: false".
+                previous = await _resume_previous(run, fleet)
+                if previous is not None:
+                    return run.done(previous)
         except Rejected as exc:
             return run.done(run.result(Outcome.rejected, [], exc))
         except Exception as exc:
@@ -146,8 +156,10 @@ async def execute(
             return run.done(run.result(Outcome.succeeded, changes, None, warnings))
         try:
             async with hold_locks([c.host for c in changes], options.lock_timeout):
+                if not request.dry_run and (previous := await _replay(run, fleet)) is not None:
+                    return run.done(previous)
                 return run.done(await _prepare_and_commit(run, changes, warnings))
-        except Exception as exc:  # only taking a lock can raise here
+        except Exception as exc:  # only taking a lock or reading a journal can raise here
             error = as_worker_error(exc, Phase.prepare)
             return run.done(run.result(Outcome.failed, changes, error, warnings))
 
@@ -221,6 +233,15 @@ async def _resume_previous(run: _Run, fleet: Fleet) -> ResultData | None:
         elif cause is None:
             cause = recovery.interrupted(resumed.changes, resumed.reason)
         return await run_to_end(_commit_and_finish(run, resumed.changes, resumed.warnings, cause))
+
+
+async def _replay(run: _Run, fleet: Fleet) -> ResultData | None:
+    """Under the locks: the outcome a twin delivery of this request id recorded while this
+    run waited for them (it planned on the files the twin has since changed)."""
+    found = await recovery.find_previous(fleet, _anchors(run.request), run.request_id)
+    if (outcome := recovery.finished(found)) is not None:
+        log.info("change.replayed", outcome=outcome.outcome, after="lock wait")
+    return outcome
 
 
 async def _record_conflict(run: _Run, resumed: recovery.Resumed) -> ResultData:
