@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from tests.examples import MODIFY, REMOVE
 from worker.messages import (
     DeconfigureAction,
     ModifyRequest,
@@ -20,32 +21,6 @@ from worker.messages import (
     parse_request,
     routing_key,
 )
-
-MODIFY: dict[str, Any] = {
-    "requestId": "7b0e1d52-6a55-4f0e-9a4b-2f1f5f7b1c11",
-    "command": "ModifyDHCPFailoverRelationship",
-    "params": {
-        "Name": "dhcp-failover",
-        "PrimaryServer": "dhcp1.example.net",
-        "SecondaryServer": "dhcp2.example.net",
-        "Mclt": 1800,
-        "Port": 647,
-        "LoadBalanceMaxSeconds": 3,
-        "MaxResponseDelay": 60,
-        "MaxUnackedUpdates": 10,
-    },
-    "dryRun": False,
-    "comment": "CHG-1234 shorten MCLT",
-}
-REMOVE: dict[str, Any] = {
-    "requestId": "c7d6c9f0-0d7e-4bb4-b0a6-3a8f0f2d9b3e",
-    "command": "RemoveDHCPFailoverRelationships",
-    "params": {
-        "Server": "dhcp1.example.net",
-        "Name": "dhcp-failover",
-        "DeconfigureAction": "Disable",
-    },
-}
 
 
 def with_params(base: dict[str, Any], **params: Any) -> bytes:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from tests.test_messages import MODIFY, REMOVE
+from tests.examples import MODIFY, REMOVE
 from worker.schemas import DRAFT, generate, render
 
 SCHEMAS = Path(__file__).resolve().parent.parent / "schemas"

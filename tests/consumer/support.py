@@ -16,6 +16,10 @@ import jsonschema  # type: ignore[import-untyped]
 from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_structured_event
 
+from tests.examples import MODIFY as MODIFY  # re-exported for the consumer tests
+from tests.examples import MODIFY_ID as MODIFY_ID
+from tests.examples import REMOVE as REMOVE
+from tests.examples import REMOVE_ID as REMOVE_ID
 from worker.consumer.app import run_worker
 from worker.consumer.events import EVENT_CONTENT_TYPE
 from worker.consumer.topology import declare_topology
@@ -30,36 +34,6 @@ from worker.messages import (
 from worker.settings import Settings
 
 SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "result-event.schema.json"
-
-MODIFY_ID = "7b0e1d52-6a55-4f0e-9a4b-2f1f5f7b1c11"
-REMOVE_ID = "c7d6c9f0-0d7e-4bb4-b0a6-3a8f0f2d9b3e"
-
-MODIFY: dict[str, Any] = {
-    "requestId": MODIFY_ID,
-    "command": "ModifyDHCPFailoverRelationship",
-    "params": {
-        "Name": "dhcp-failover",
-        "PrimaryServer": "dhcp1.example.net",
-        "SecondaryServer": "dhcp2.example.net",
-        "Mclt": 1800,
-        "Port": 647,
-        "LoadBalanceMaxSeconds": 3,
-        "MaxResponseDelay": 60,
-        "MaxUnackedUpdates": 10,
-    },
-    "dryRun": False,
-    "comment": "CHG-1234 shorten MCLT",
-}
-
-REMOVE: dict[str, Any] = {
-    "requestId": REMOVE_ID,
-    "command": "RemoveDHCPFailoverRelationships",
-    "params": {
-        "Server": "dhcp1.example.net",
-        "Name": "dhcp-failover",
-        "DeconfigureAction": "Disable",
-    },
-}
 
 
 def modify(**changes: Any) -> dict[str, Any]:
