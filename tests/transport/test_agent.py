@@ -18,7 +18,7 @@ import pytest
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHost, LocalHosts, _tagged_pids
-from worker.errors import Ambiguous, LockTimeout
+from worker.errors import Ambiguous, LockTimeout, RemoteFileError, RemoteFileNotFound
 from worker.transport import SshFleet, SshOptions, load_inventory, parse_inventory
 from worker.transport.agent import AGENT_COMMAND, KILL_GRACE, Agent
 
@@ -197,3 +197,43 @@ async def test_closing_the_fleet_ends_every_agent(pair: LocalHosts) -> None:
             assert (await host.restart()).ok
         assert len(_processes(pair, "dfw-agent")) == 2
     assert await _gone(pair, "dfw-agent", within=5)
+
+
+# -- listings ------------------------------------------------------------------------------------
+
+
+async def test_listdir_names_every_entry_exactly(pair: LocalHosts, fleet: SshFleet) -> None:
+    directory = pair.hosts[PRIMARY].config_dir / "listing"
+    directory.mkdir()
+    files = ["plain", ".hidden", "..dotdot", "with space", "new\nline", "star*", "ünï", "-dash"]
+    for name in files:
+        (directory / name).write_text("x")
+    (directory / "sub").mkdir()
+    (directory / "dangling").symlink_to("/nonexistent/target")
+    names = await fleet.host(PRIMARY).listdir(directory.as_posix())
+    assert names == sorted([*files, "sub", "dangling"])
+    assert await fleet.host(PRIMARY).listdir((directory / "sub").as_posix()) == []
+
+
+async def test_listdir_takes_glob_characters_in_the_path_literally(
+    pair: LocalHosts, fleet: SshFleet
+) -> None:
+    root = pair.hosts[PRIMARY].config_dir
+    (root / "a*[b]?").mkdir()
+    (root / "a*[b]?" / "inside").write_text("x")
+    (root / "axbz").mkdir()
+    (root / "axbz" / "decoy").write_text("x")
+    assert await fleet.host(PRIMARY).listdir((root / "a*[b]?").as_posix()) == ["inside"]
+
+
+async def test_listdir_of_a_missing_or_unlistable_path_raises(
+    pair: LocalHosts, fleet: SshFleet
+) -> None:
+    local = pair.hosts[PRIMARY]
+    with pytest.raises(RemoteFileNotFound) as missing:
+        await fleet.host(PRIMARY).listdir((local.config_dir / "nope").as_posix())
+    assert missing.value.server == PRIMARY
+    with pytest.raises(RemoteFileError) as not_dir:
+        await fleet.host(PRIMARY).listdir(local.config_path.as_posix())
+    assert not isinstance(not_dir.value, RemoteFileNotFound)
+    assert fleet.host(PRIMARY).execs_started == 1

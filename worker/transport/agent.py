@@ -22,7 +22,9 @@ process group and kills that whole group, so a command the worker gave up on is 
 the server even for a root login (whose sessions sshd will not signal). ``lock`` opens the
 body's path on fd 9 and ``flock -w arg`` on it (exit 75 when busy); ``unlock`` closes fd 9.
 The lock belongs to the agent shell itself: when the worker or its connection dies, sshd closes
-the agent's stdin, the shell exits, and the kernel drops the lock.
+the agent's stdin, the shell exits, and the kernel drops the lock. ``list`` prints the names in
+the body's directory, each followed by ``/`` (the one byte a name cannot hold), in one write
+and with shell builtins only (exit 3: missing, 4: not a readable directory).
 """
 
 from __future__ import annotations
@@ -38,6 +40,9 @@ import asyncssh
 
 LOCK_BUSY_EXIT = 75
 """flock's exit status when the lock stays busy (``-E``); EX_TEMPFAIL."""
+
+LIST_MISSING_EXIT = 3
+"""``list``: the directory does not exist."""
 
 KILL_GRACE = 1.0
 """Seconds the server-side ``timeout`` adds to the worker's own command timeout. The worker
@@ -80,6 +85,22 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
     unlock)
       exec 9>&-
       dfw_st=0 ;;
+    list)
+      dfw_body=${dfw_body%?}
+      if [ ! -e "$dfw_body" ]; then
+        echo "No such file or directory" >&2
+        dfw_st=3
+      elif [ ! -d "$dfw_body" ] || [ ! -r "$dfw_body" ] || [ ! -x "$dfw_body" ]; then
+        echo "not a directory this account can read" >&2
+        dfw_st=4
+      else
+        dfw_out=
+        for dfw_f in "$dfw_body"/* "$dfw_body"/.[!.]* "$dfw_body"/..?*; do
+          if [ -e "$dfw_f" ] || [ -h "$dfw_f" ]; then dfw_out="$dfw_out${dfw_f##*/}/"; fi
+        done
+        printf '%s' "$dfw_out"
+        dfw_st=0
+      fi ;;
     *)
       echo "dfw-agent: unknown request $dfw_op" >&2
       dfw_st=2 ;;
