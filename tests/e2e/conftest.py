@@ -15,7 +15,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import aio_pika
 import pytest
 import structlog
 from aio_pika.abc import AbstractConnection
@@ -78,20 +77,6 @@ def restore_logging() -> Iterator[None]:
     root.handlers[:] = handlers
     root.setLevel(level)
     structlog.reset_defaults()
-
-
-@pytest.fixture
-async def amqp(broker_settings: Settings) -> AsyncIterator[AbstractConnection]:
-    """The test's own connection (taps, queue checks), closed after the test."""
-    connection = await aio_pika.connect(broker_settings.amqp_url)
-    async with connection:
-        yield connection
-
-
-@pytest.fixture
-async def tap(amqp: AbstractConnection, broker_settings: Settings) -> EventTap:
-    """Declares the topology and captures every event published on the event exchange."""
-    return await EventTap().start(amqp, broker_settings)
 
 
 @pytest.fixture
