@@ -23,8 +23,8 @@ the server even for a root login (whose sessions sshd will not signal). ``lock``
 body's path on fd 9 and ``flock -w arg`` on it (exit 75 when busy); ``unlock`` closes fd 9.
 The lock belongs to the agent shell itself: when the worker or its connection dies, sshd closes
 the agent's stdin, the shell exits, and the kernel drops the lock. ``list`` prints the names in
-the body's directory, each followed by ``/`` (the one byte a name cannot hold), in one write
-and with shell builtins only (exit 3: missing, 4: not a readable directory).
+the body's directory, each followed by ``/`` (the one byte a name cannot hold), with shell
+builtins in one subshell (exit 3: missing, 4: not a readable directory).
 """
 
 from __future__ import annotations
@@ -94,12 +94,17 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
         echo "not a directory this account can read" >&2
         dfw_st=4
       else
-        dfw_out=
-        for dfw_f in "$dfw_body"/* "$dfw_body"/.[!.]* "$dfw_body"/..?*; do
-          if [ -e "$dfw_f" ] || [ -h "$dfw_f" ]; then dfw_out="$dfw_out${dfw_f##*/}/"; fi
-        done
-        printf '%s' "$dfw_out"
-        dfw_st=0
+        (
+          CDPATH= cd -- "$dfw_body" || exit 4
+          for dfw_p in '*' '.[!.]*' '..?*'; do
+            set -- $dfw_p
+            if [ "$#" -eq 1 ] && [ "$1" = "$dfw_p" ] && [ ! -e "$1" ] && [ ! -h "$1" ]; then
+              continue
+            fi
+            printf '%s/' "$@"
+          done
+        )
+        dfw_st=$?
       fi ;;
     *)
       echo "dfw-agent: unknown request $dfw_op" >&2
