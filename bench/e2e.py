@@ -1,0 +1,529 @@
+"""Benchmark: publish -> result event latency of a warm worker, beside its floor and Ansible.
+
+    python bench/e2e.py [--modifies 60] [--ansible-runs 5] [--amqp-url URL]
+
+Two OpenSSH servers on 127.0.0.1 stand in for the DHCP pair (worker.demo.localhosts: the sample
+configs, the real ``dhcpd -t`` as validator, a restart script that records each restart), and
+every figure is the same change on the same two files: ``max-response-delay`` on both servers,
+alternating between two values so that each run really changes, validates and restarts.
+
+* **worker**: ``worker.service.serve`` in this process against RabbitMQ (own exchange and
+  queue names, deleted at the end). A request goes to the request exchange with ``reply_to``;
+  the latency runs from ``publish`` to the result event arriving on the reply queue. Warm:
+  the first requests (not counted) open the SSH connections and agent shells. The worker logs
+  at ``info`` as JSON lines, to a file, as it would in production.
+* **floor**: a minimal hand-written asyncssh script making the same change over connections
+  (and SFTP sessions) opened beforehand: read both files, write both candidates, validate
+  both with ``validate_command``, then on both at once rename and restart (``conn.run`` per
+  command, as anyone would write it). **floor/sh** is the same script sending its commands
+  to a ``/bin/sh`` started beforehand on each connection: what is left once the login shell's
+  start-up files are not paid per command.
+* **broker**: the bare RabbitMQ request/result round trip on a warm connection: a persistent
+  request to a quorum queue, a trivial consumer answering on ``reply_to`` with confirms.
+* **ansible**: ``ansible-playbook`` with ``replace`` (``validate:`` the hosts' ``dhcpd -t``
+  script) and then the restart script, pipelining and ControlPersist on, host keys checked
+  against the same known_hosts; each run timed whole, as an operator would run it.
+
+Worker, floor and broker samples are taken in interleaved blocks so that a change in the
+machine's load affects them alike. Everything started here is stopped at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import aio_pika
+import asyncssh
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+
+from worker.consumer.topology import declare_topology
+from worker.demo import PRIMARY, RELATIONSHIP, SAMPLE_ADDRESSES, SECONDARY, sample_configs
+from worker.demo.localhosts import LocalHosts
+from worker.messages import MODIFY_COMMAND
+from worker.service import serve
+from worker.settings import Settings
+from worker.transport import ServerEntry, load_inventory
+
+DEFAULT_AMQP = os.environ.get("DHCP_FAILOVER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+REPLY_TIMEOUT = 60.0
+MRD = re.compile(rb"max-response-delay \d+;")
+
+
+@dataclass
+class Figures:
+    """One measured series, in milliseconds."""
+
+    name: str
+    samples: list[float] = field(default_factory=list)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def p95(self) -> float:
+        if len(self.samples) < 2:
+            return self.samples[0]
+        return statistics.quantiles(self.samples, n=20, method="inclusive")[-1]
+
+
+# -- RabbitMQ: one warm requester ----------------------------------------------------------------
+
+
+class Requester:
+    """A warm AMQP connection that publishes requests and matches replies on ``reply_to``."""
+
+    def __init__(self, url: str) -> None:
+        self._url = url
+        self._pending: dict[str, asyncio.Future[bytes]] = {}
+
+    async def open(self) -> None:
+        self.connection = await aio_pika.connect(self._url)
+        self.channel = await self.connection.channel(publisher_confirms=True)
+        self.replies = await self.channel.declare_queue(exclusive=True, auto_delete=True)
+        await self.replies.consume(self._on_reply, no_ack=True)
+
+    async def close(self) -> None:
+        await self.connection.close()
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        future = self._pending.pop(message.correlation_id or "", None)
+        if future is not None and not future.done():
+            future.set_result(message.body)
+
+    async def call(self, exchange: AbstractExchange, key: str, body: bytes) -> tuple[float, bytes]:
+        """Publish and wait for the reply: (milliseconds from publish to reply, reply body)."""
+        cid = uuid.uuid4().hex
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._pending[cid] = future
+        message = aio_pika.Message(
+            body,
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=cid,
+            correlation_id=cid,
+            reply_to=self.replies.name,
+        )
+        started = time.perf_counter()
+        await exchange.publish(message, key)
+        reply = await asyncio.wait_for(future, REPLY_TIMEOUT)
+        return (time.perf_counter() - started) * 1000, reply
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+
+class WorkerBench:
+    """The real worker in this process, fed through the broker; one change per call."""
+
+    def __init__(self, hosts: LocalHosts, url: str, log: TextIO) -> None:
+        prefix = f"dfw-bench-{uuid.uuid4().hex[:8]}"
+        self.settings = Settings(
+            amqp_url=url,
+            inventory=hosts.inventory_path,
+            request_exchange=f"{prefix}.requests",
+            request_queue=f"{prefix}.requests",
+            dead_letter_exchange=f"{prefix}.dlx",
+            dead_letter_queue=f"{prefix}.dead",
+            event_exchange=f"{prefix}.events",
+            log_format="json",
+            log_level="info",
+        )
+        self.prefix = prefix
+        self.log = log
+        self.latency = Figures("worker")
+        self.inside = Figures("worker, change itself")
+        self._count = 0
+
+    async def start(self, requester: Requester) -> None:
+        self.requester = requester
+        self.stop = asyncio.Event()
+        with contextlib.redirect_stderr(self.log):  # the worker's log lines go to the file
+            self.task = asyncio.create_task(serve(self.settings, self.stop), name="worker")
+            await asyncio.sleep(0.1)
+        topology = await declare_topology(requester.channel, self.settings)
+        self.exchange = topology.request_exchange
+
+    async def change(self, mrd: int, *, record: bool = True) -> None:
+        self._count += 1
+        body = {
+            "requestId": f"{self.prefix}-{self._count}",
+            "command": MODIFY_COMMAND,
+            "params": {
+                "Name": RELATIONSHIP,
+                "PrimaryServer": PRIMARY,
+                "SecondaryServer": SECONDARY,
+                "MaxResponseDelay": mrd,
+            },
+        }
+        request = json.dumps(body).encode()
+        ms, reply = await self.requester.call(self.exchange, "request.modify", request)
+        data = json.loads(reply)["data"]
+        changed = [s["changed"] for s in data["servers"]]
+        if data["outcome"] != "succeeded" or changed != [True, True]:
+            raise RuntimeError(f"worker change {self._count}: {json.dumps(data)[:2000]}")
+        if record:
+            self.latency.samples.append(ms)
+            self.inside.samples.append(float(data["durationMs"]))
+
+    async def close(self) -> None:
+        self.stop.set()
+        await asyncio.wait_for(self.task, 60)
+        s = self.settings
+        channel = await self.requester.connection.channel()
+        for queue in (s.request_queue, s.dead_letter_queue):
+            await channel.queue_delete(queue)
+        for exchange in (s.request_exchange, s.dead_letter_exchange, s.event_exchange):
+            await channel.exchange_delete(exchange)
+        await channel.close()
+
+
+# -- the bare broker round trip ------------------------------------------------------------------
+
+
+class BrokerBench:
+    """A trivial responder on a quorum queue: the broker's share of the worker's latency."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.prefix = f"dfw-bench-rtt-{uuid.uuid4().hex[:8]}"
+        self.figures = Figures("broker")
+
+    async def start(self, requester: Requester) -> None:
+        self.requester = requester
+        self.connection = await aio_pika.connect(self.url)
+        channel = await self.connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(self.prefix, aio_pika.ExchangeType.TOPIC)
+        self.queue = await channel.declare_queue(
+            self.prefix, durable=True, arguments={"x-queue-type": "quorum"}
+        )
+        await self.queue.bind(exchange, "request.#")
+        self.exchange = await requester.channel.get_exchange(self.prefix)
+
+        async def answer(message: AbstractIncomingMessage) -> None:
+            reply = aio_pika.Message(
+                b"{}",
+                correlation_id=message.correlation_id,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            )
+            await channel.default_exchange.publish(reply, message.reply_to or "")
+            await message.ack()
+
+        await self.queue.consume(answer)
+
+    async def round_trip(self, *, record: bool = True) -> None:
+        ms, _ = await self.requester.call(self.exchange, "request.ping", b"{}")
+        if record:
+            self.figures.samples.append(ms)
+
+    async def close(self) -> None:
+        channel = await self.connection.channel()
+        await channel.queue_delete(self.prefix)
+        await channel.exchange_delete(self.prefix)
+        await self.connection.close()
+
+
+# -- the floor: a minimal hand-written asyncssh change ---------------------------------------------
+
+
+@dataclass
+class FloorHost:
+    conn: asyncssh.SSHClientConnection
+    sftp: asyncssh.SFTPClient
+    path: str
+    candidate: str
+    validate: str
+    restart: str
+    shell: asyncssh.SSHClientProcess[str] | None = None
+
+
+Runner = Callable[[FloorHost, str], Awaitable[int]]
+
+
+async def run_exec(host: FloorHost, command: str) -> int:
+    """One exec per command: what ``conn.run`` does (the login shell starts every time)."""
+    result = await host.conn.run(command, check=False)
+    return int(result.exit_status or 0) if result.exit_signal is None else -1
+
+
+async def run_in_shell(host: FloorHost, command: str) -> int:
+    """The command written to a ``/bin/sh`` started beforehand on this connection."""
+    assert host.shell is not None
+    host.shell.stdin.write(f"{command} </dev/null >/dev/null 2>&1; echo __floor $?\n")
+    await host.shell.stdout.readuntil("__floor ")
+    return int(await host.shell.stdout.readline())
+
+
+async def floor_change(hosts: Sequence[FloorHost], mrd: int, run: Runner) -> None:
+    """Read both, write both candidates, validate both, then rename and restart on both."""
+
+    async def read(h: FloorHost) -> bytes:
+        async with h.sftp.open(h.path, "rb") as f:
+            data: bytes = await f.read()
+            return data
+
+    async def stage(h: FloorHost, text: bytes) -> None:
+        async with h.sftp.open(h.candidate, "wb") as f:
+            await f.write(MRD.sub(b"max-response-delay %d;" % mrd, text))
+
+    async def commit(h: FloorHost) -> None:
+        await h.sftp.posix_rename(h.candidate, h.path)
+        if await run(h, h.restart) != 0:
+            raise RuntimeError(f"floor: restart failed: {h.restart}")
+
+    texts = await asyncio.gather(*(read(h) for h in hosts))
+    await asyncio.gather(*(stage(h, t) for h, t in zip(hosts, texts, strict=True)))
+    if any(await asyncio.gather(*(run(h, h.validate) for h in hosts))):
+        raise RuntimeError("floor: a candidate failed validation")
+    await asyncio.gather(*(commit(h) for h in hosts))
+
+
+async def open_floor_hosts(hosts: LocalHosts) -> list[FloorHost]:
+    """Connections, SFTP sessions and shells, all opened before anything is timed."""
+    opened = []
+    for server in load_inventory(hosts.inventory_path).servers.values():
+        opened.append(await _floor_host(server))
+    return opened
+
+
+async def _floor_host(s: ServerEntry) -> FloorHost:
+    conn = await asyncssh.connect(
+        s.host,
+        s.port,
+        username=s.username,
+        client_keys=[str(k) for k in s.client_keys],
+        known_hosts=str(s.known_hosts),
+        config=None,
+        agent_path=None,
+    )
+    directory, name = os.path.split(s.config_path)
+    candidate = os.path.join(directory, f".{name}.floor")
+    restart = s.restart_command
+    if s.verify_command:
+        restart = f"{restart} && {s.verify_command}"
+    return FloorHost(
+        conn=conn,
+        sftp=await conn.start_sftp_client(),
+        path=s.config_path,
+        candidate=candidate,
+        validate=s.validate_command.replace("{path}", shlex.quote(candidate)),
+        restart=restart,
+        shell=await conn.create_process("exec /bin/sh"),
+    )
+
+
+# -- Ansible ---------------------------------------------------------------------------------------
+
+PLAYBOOK = """\
+- hosts: dhcp
+  gather_facts: false
+  tasks:
+    - name: max-response-delay
+      ansible.builtin.replace:
+        path: "{{ config }}"
+        regexp: 'max-response-delay \\d+;'
+        replace: "max-response-delay {{ mrd }};"
+        validate: "{{ validate }} %s"
+      register: edited
+    - name: restart and verify
+      ansible.builtin.shell: "{{ restart }}"
+      when: edited is changed
+"""
+
+
+def ansible_runs(hosts: LocalHosts, workdir: Path, runs: int, first: int) -> Figures:
+    """Time ``ansible-playbook`` runs making the change; check each one really changed."""
+    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
+    binary = str(playbook_bin) if playbook_bin.exists() else shutil.which("ansible-playbook")
+    if binary is None:
+        raise RuntimeError("ansible-playbook not found (pip install ansible-core)")
+    base = workdir / "ansible"
+    for sub in ("cp", "home", "local-tmp", "remote-tmp"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
+    inventory = load_inventory(hosts.inventory_path)
+    lines = ["[dhcp]"]
+    for name, s in inventory.servers.items():
+        restart = s.restart_command + (f" && {s.verify_command}" if s.verify_command else "")
+        validate = s.validate_command.replace("{path}", "").strip()
+        lines.append(
+            f"{name} ansible_host={s.host} ansible_port={s.port} config={s.config_path} "
+            f"validate={shlex.quote(validate)} restart={shlex.quote(restart)}"
+        )
+    first_server = next(iter(inventory.servers.values()))
+    known_hosts = first_server.known_hosts
+    lines += [
+        "[dhcp:vars]",
+        f"ansible_user={first_server.username}",
+        f"ansible_ssh_private_key_file={first_server.client_keys[0]}",
+        "ansible_ssh_common_args='-F /dev/null "
+        f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes'",
+        f"ansible_python_interpreter={python}",
+    ]
+    (base / "inventory.ini").write_text("\n".join(lines) + "\n")
+    (base / "play.yml").write_text(PLAYBOOK)
+    (base / "ansible.cfg").write_text(
+        "[defaults]\n"
+        "host_key_checking = True\n"
+        "retry_files_enabled = False\n"
+        f"remote_tmp = {base / 'remote-tmp'}\n"
+        f"local_tmp = {base / 'local-tmp'}\n"
+        "[ssh_connection]\n"
+        "pipelining = True\n"
+        "ssh_args = -o ControlMaster=auto -o ControlPersist=60s\n"
+        f"control_path_dir = {base / 'cp'}\n"
+    )
+    env = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(base / "ansible.cfg"),
+        "ANSIBLE_HOME": str(base / "home"),
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    figures = Figures("ansible")
+    try:
+        for i in range(runs):
+            mrd = first + i % 2
+            before = {n: len(h.restarts()) for n, h in hosts.hosts.items()}
+            command = [
+                binary, "-i", str(base / "inventory.ini"), str(base / "play.yml"),
+                "-e", f"mrd={mrd}",
+            ]  # fmt: skip
+            started = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+            figures.samples.append((time.perf_counter() - started) * 1000)
+            if done.returncode != 0:
+                raise RuntimeError(f"ansible-playbook failed:\n{done.stdout}\n{done.stderr}")
+            for name, h in hosts.hosts.items():
+                if f"max-response-delay {mrd};".encode() not in h.config_bytes():
+                    raise RuntimeError(f"ansible run {i}: {name} was not changed")
+                if len(h.restarts()) != before[name] + 1:
+                    raise RuntimeError(f"ansible run {i}: {name} was not restarted once")
+    finally:
+        for socket in (base / "cp").iterdir():  # the ControlPersist masters
+            subprocess.run(
+                ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "bench"],
+                capture_output=True,
+                check=False,
+                timeout=10,
+            )
+    return figures
+
+
+# -- the run -------------------------------------------------------------------------------------
+
+
+async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) -> list[Figures]:
+    """Worker, floor, floor/sh and broker, in interleaved blocks; all warm."""
+    log = (workdir / "worker.log").open("w")
+    requester = Requester(args.amqp_url)
+    await requester.open()
+    worker = WorkerBench(hosts, args.amqp_url, log)
+    broker = BrokerBench(args.amqp_url)
+    floor_hosts: list[FloorHost] = []
+    floor, floor_sh = Figures("floor"), Figures("floor/sh")
+    try:
+        await worker.start(requester)
+        await broker.start(requester)
+        floor_hosts = await open_floor_hosts(hosts)
+        for i in range(args.warmup):  # connections, agent shells, JIT-less caches: warm
+            await worker.change(40 + i % 2, record=False)
+            await floor_change(floor_hosts, 50 + i % 2, run_exec)
+            await floor_change(floor_hosts, 50 + i % 2, run_in_shell)
+            await broker.round_trip(record=False)
+        block = 10
+        for start in range(0, args.modifies, block):
+            count = min(block, args.modifies - start)
+            for i in range(start, start + count):
+                await worker.change(40 + i % 2)
+            for i in range(start, start + count):
+                started = time.perf_counter()
+                await floor_change(floor_hosts, 50 + i % 2, run_exec)
+                floor.samples.append((time.perf_counter() - started) * 1000)
+            for i in range(start, start + count):
+                started = time.perf_counter()
+                await floor_change(floor_hosts, 50 + i % 2, run_in_shell)
+                floor_sh.samples.append((time.perf_counter() - started) * 1000)
+            for _ in range(count * 4):
+                await broker.round_trip()
+            print(f"  {start + count}/{args.modifies} rounds", flush=True)
+    finally:
+        for h in floor_hosts:
+            if h.shell is not None:
+                h.shell.close()
+            h.conn.close()
+        await worker.close()
+        await broker.close()
+        await requester.close()
+        log.close()
+    return [worker.latency, worker.inside, floor, floor_sh, broker.figures]
+
+
+def report(figures: dict[str, Figures], command: str) -> None:
+    rows = [
+        ("worker", "worker: publish -> result event"),
+        ("worker, change itself", "  of which the change (event durationMs)"),
+        ("floor", "floor: asyncssh, conn.run per command"),
+        ("floor/sh", "floor/sh: asyncssh, commands to a started sh"),
+        ("broker", "broker: request/reply round trip"),
+        ("ansible", "ansible-playbook (pipelining, ControlPersist)"),
+    ]
+    print(f"\n{'':48}{'median':>10}{'p95':>10}{'n':>6}")
+    for key, label in rows:
+        if key in figures:
+            f = figures[key]
+            print(f"{label:48}{f.median:8.1f}ms{f.p95:8.1f}ms{len(f.samples):6d}")
+    worker, broker = figures["worker"].median, figures["broker"].median
+    floor, floor_sh = figures["floor"].median, figures["floor/sh"].median
+    print("\nratios (medians)")
+    print(f"  worker / (floor + broker)     {worker / (floor + broker):7.2f}   target <= 1.3")
+    print(f"  worker / (floor/sh + broker)  {worker / (floor_sh + broker):7.2f}")
+    if "ansible" in figures:
+        ansible = figures["ansible"].median
+        print(f"  ansible / worker              {ansible / worker:7.1f}x  target >= 50x")
+    print(f"\ncommand: {command}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modifies", type=int, default=60, help="measured changes per series")
+    parser.add_argument("--warmup", type=int, default=3, help="unmeasured changes first")
+    parser.add_argument("--ansible-runs", type=int, default=5, help="0 to skip Ansible")
+    parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
+    args = parser.parse_args(argv)
+    command = "python bench/e2e.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv)
+    )
+    with tempfile.TemporaryDirectory(prefix="dfw-bench-") as tmp:
+        workdir = Path(tmp)
+        print(f"starting two local sshd hosts under {workdir}", flush=True)
+        with LocalHosts.start(workdir, sample_configs(), addresses=SAMPLE_ADDRESSES) as hosts:
+            print(f"measuring {args.modifies} changes per series (+{args.warmup} warm-up)")
+            series = asyncio.run(measure(args, hosts, workdir))
+            if args.ansible_runs > 0:
+                print(f"running ansible-playbook {args.ansible_runs} times", flush=True)
+                series.append(ansible_runs(hosts, workdir, args.ansible_runs, first=60))
+        report({f.name: f for f in series}, command.strip())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
