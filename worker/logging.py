@@ -124,6 +124,10 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_no)
+    # asyncssh logs every channel open/close at INFO: a line per SFTP call drowns the change's
+    # own story. Its warnings and errors still come through; DEBUG shows everything.
+    quiet = logging.DEBUG if level_no <= logging.DEBUG else max(level_no, logging.WARNING)
+    logging.getLogger("asyncssh").setLevel(quiet)
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

@@ -137,3 +137,20 @@ async def test_concurrent_requests_keep_their_own_context() -> None:
 )
 def test_redact_url_hides_only_the_password(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+def test_asyncssh_channel_chatter_is_hidden_at_info_but_its_warnings_are_not() -> None:
+    import io
+    import logging
+
+    from worker.logging import configure_logging
+
+    stream = io.StringIO()
+    configure_logging(log_format="json", level="info", stream=stream)
+    try:
+        logging.getLogger("asyncssh").info("[conn=1, chan=0] Closing channel")
+        logging.getLogger("asyncssh").warning("host key mismatch")
+    finally:
+        logging.getLogger("asyncssh").setLevel(logging.NOTSET)
+    out = stream.getvalue()
+    assert "Closing channel" not in out and "host key mismatch" in out
