@@ -64,7 +64,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Itera
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
@@ -400,9 +400,19 @@ async def _prepare_server(run: _Run, change: ServerChange) -> None:
     host, snapshot = change.host, change.snapshot
     assert snapshot is not None  # a planned change always has one
     with change.timed():
-        await _refuse_if_unfinished(host, run.request_id)  # again, now under the lock
-        for path, planned in snapshot.raw.items():
-            live = await host.read(path)
+        # Both only read, so they go at once; an unfinished change is still reported first.
+        paths = list(snapshot.raw)
+        outcomes = await asyncio.gather(
+            _refuse_if_unfinished(host, run.request_id),  # again, now under the lock
+            *(host.read(path) for path in paths),
+            return_exceptions=True,
+        )
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
+        lives = cast(list[bytes | None], outcomes[1:])
+        for path, live in zip(paths, lives, strict=True):
+            planned = snapshot.raw[path]
             if live != planned:
                 raise ConcurrentChange(
                     f"{path} on {change.name} changed since it was read; not overwriting it",
@@ -426,10 +436,12 @@ async def _prepare_server(run: _Run, change: ServerChange) -> None:
 
 
 async def _write_journals(run: _Run, changes: list[ServerChange], warnings: list[str]) -> None:
-    """One journal per changed server, all written before the first live file is touched."""
+    """One journal per changed server, all written before the first live file is touched.
+    The servers are independent here, so their journals are written at once."""
     reports = [c.report for c in changes]
     servers = [c.name for c in changed_only(changes)]
-    for change in changed_only(changes):
+
+    async def write(change: ServerChange) -> None:
         change.journal = Journal(
             requestId=run.request_id,
             command=run.request.command,
@@ -446,6 +458,8 @@ async def _write_journals(run: _Run, changes: list[ServerChange], warnings: list
         except Exception:  # its temp file may be left: the cleanup must know the name
             change.temps.add(change.journal.path(journal_dir(change.host)) + ".tmp")
             raise
+
+    await _on_each(changed_only(changes), write)
 
 
 async def _discard(changes: Sequence[ServerChange], request_id: str) -> list[str]:
@@ -484,16 +498,26 @@ async def _finish(
     warnings = list(warnings)
     if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
         warnings += [f"{c.name}: {p}" for c in changed_only(changes) for p in c.problems]
-    for change in changed_only(changes):
+
+    async def clean(change: ServerChange) -> str | None:
+        """One server's cleanup; its prunes touch disjoint files, so they run at once."""
         try:
             await _remove_temps(change)
-            for f in change.files:
-                await prune_backups(change.host, f.path, run.options.backup_retention)
+            prunes = [
+                prune_backups(change.host, f.path, run.options.backup_retention)
+                for f in change.files
+            ]
             # This change's done record is written below: make room for it.
-            await prune_journals(change.host, max(run.options.journal_retention - 1, 0))
+            prunes.append(prune_journals(change.host, max(run.options.journal_retention - 1, 0)))
+            await _all_of(prunes)
         except Exception as exc:
             log.warning("cleanup.failed", server=change.name, error=str(exc))
-            warnings.append(f"cleanup on {change.name} failed: {exc}")
+            return f"cleanup on {change.name} failed: {exc}"
+        return None
+
+    # The servers are in their final state: cleaning them up is independent, so at once.
+    problems = await asyncio.gather(*(clean(c) for c in changed_only(changes)))
+    warnings += [p for p in problems if p is not None]
     return await _record(changes, run.result(outcome, changes, error, warnings))
 
 
@@ -568,7 +592,12 @@ async def _on_each(
 ) -> None:
     """Run ``step`` on every server at once; all finish before the first error is raised, so
     a cleanup never races a write still in flight."""
-    results = await asyncio.gather(*(step(c) for c in changes), return_exceptions=True)
+    await _all_of([step(c) for c in changes])
+
+
+async def _all_of(steps: Sequence[Awaitable[Any]]) -> None:
+    """Await ``steps`` at once; all finish before the first error (in order) is raised."""
+    results = await asyncio.gather(*steps, return_exceptions=True)
     for r in results:
         if isinstance(r, BaseException):
             raise r
