@@ -434,14 +434,18 @@ class SshHost:
             return mode, owner
 
         async def op(sftp: asyncssh.SFTPClient) -> None:
-            # The stat of ``like`` travels alongside the open and the write: one round trip
-            # less on every write, and writes are most of a change's round trips.
+            # Independent requests travel together (writes are most of a change's round
+            # trips): the stat of ``like`` beside the open, the data beside owner and mode
+            # (they commute on any server). Only then fsync, close and rename, in order.
             attrs = asyncio.ensure_future(like_attrs(sftp))
             try:
                 async with sftp.open(tmp, "xb", asyncssh.SFTPAttrs(permissions=0o600)) as f:
-                    await f.write(data)
                     mode, owner = await attrs
-                    await self._set_owner_and_mode(f, owner, mode, path, like)
+
+                    async def set_attrs() -> None:
+                        await self._set_owner_and_mode(f, owner, mode, path, like)
+
+                    await _all_of(f.write(data), set_attrs())
                     with contextlib.suppress(asyncssh.SFTPOpUnsupported):
                         await f.fsync()
                 await sftp.posix_rename(tmp, path)
@@ -793,6 +797,14 @@ class SshFleet:
 def _substitute(template: str, path: str) -> str:
     """Put the shell-quoted ``path`` where ``{path}`` stands; nothing else is interpolated."""
     return template.replace("{path}", shlex.quote(path))
+
+
+async def _all_of(*steps: Awaitable[object]) -> None:
+    """Await ``steps`` at once; all finish before the first error (in order) is raised, so
+    nothing is still in flight on a handle the caller is about to close."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
 
 
 def _retrieve(task: asyncio.Future[tuple[int, tuple[int, int] | None]]) -> None:
