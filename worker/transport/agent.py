@@ -11,9 +11,12 @@ The protocol (all text, one request at a time per agent)::
     request   <op> <token> <arg>\\n  <body lines>\\n  <token>\\n
     reply     stdout: <output>\\n<token> <status>\\n      stderr: <output>\\n<token>\\n
 
-``token`` is 32 random hex digits per request: it ends the body (a command or a path; never
-message text, only inventory values with ``{path}`` shell-quoted by the caller) and marks the
-end of each output stream, so any byte a command prints is passed through unchanged. A body cut
+``token`` is 32 random hex digits chosen per agent: it ends the body (a command or a path;
+never message text, only inventory values with ``{path}`` shell-quoted by the caller) and
+marks the end of each output stream, so any byte a command prints is passed through
+unchanged. It stays the same for the agent's life (asyncssh then compiles its separator once,
+not per request); a request that does not complete discards the agent, so no reply can ever
+be mistaken for a later one's. A body cut
 short by a lost connection is never run: the agent exits unless it read the closing token.
 
 Ops: ``run`` runs the body with ``/bin/sh -c`` under GNU ``timeout`` (``arg`` seconds, then
@@ -152,6 +155,9 @@ class Agent:
         self.process = process
         self._busy = asyncio.Lock()
         self._broken = False
+        self._token = uuid.uuid4().hex
+        self._out_end = f"\n{self._token} ".encode()
+        self._err_end = f"\n{self._token}\n".encode()
 
     @classmethod
     async def start(
@@ -187,7 +193,7 @@ class Agent:
         async with self._busy:
             if self.closed:
                 raise AgentLost("agent channel already closed", sent=False)
-            token = uuid.uuid4().hex
+            token = self._token
             frame = f"{op} {token} {arg}\n{body}"
             if body and not body.endswith("\n"):
                 frame += "\n"
@@ -199,8 +205,8 @@ class Agent:
                 sent = True
                 async with asyncio.timeout(limit):
                     out, err = await _both(
-                        self.process.stdout.readuntil(f"\n{token} ".encode()),
-                        self.process.stderr.readuntil(f"\n{token}\n".encode()),
+                        self.process.stdout.readuntil(self._out_end),
+                        self.process.stderr.readuntil(self._err_end),
                     )
                     status_line = await self.process.stdout.readline()
                 status = int(status_line.strip())
