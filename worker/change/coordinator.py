@@ -61,7 +61,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
-from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -625,15 +625,25 @@ async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
 @asynccontextmanager
 async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[None]:
     """Every server's change lock, taken in name order and released however the body ends.
-    A failed release is logged, not raised: the server drops the lock with the connection."""
+    A failed release is logged, not raised: the server drops the lock with the connection.
+    Only taking them needs the order; they are released all at once (last taken first)."""
     unique = {h.name: h for h in hosts}
-    async with AsyncExitStack() as stack:
+    held: list[Callable[..., Awaitable[bool]]] = []
+
+    async def release(*exc_info: Any) -> None:
+        await asyncio.gather(*(r(*exc_info) for r in reversed(held)))
+
+    try:
         for name in sorted(unique):
             lock = unique[name].lock(wait)
             await lock.__aenter__()
-            stack.push_async_exit(_releaser(lock, name))
+            held.append(_releaser(lock, name))
             log.info("lock.acquired", server=name)
         yield
+    except BaseException as exc:
+        await release(type(exc), exc, exc.__traceback__)
+        raise
+    await release(None, None, None)
 
 
 def _releaser(
