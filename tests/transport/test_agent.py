@@ -237,3 +237,39 @@ async def test_listdir_of_a_missing_or_unlistable_path_raises(
         await fleet.host(PRIMARY).listdir(local.config_path.as_posix())
     assert not isinstance(not_dir.value, RemoteFileNotFound)
     assert fleet.host(PRIMARY).execs_started == 1
+
+
+# -- cancellation ------------------------------------------------------------------------------
+
+
+async def test_a_cancelled_command_discards_its_agent_and_the_next_one_runs_cleanly(
+    pair: LocalHosts,
+) -> None:
+    async with _fleet_for(pair, validate_command="sleep 1; echo late {path}") as fleet:
+        host = fleet.host(PRIMARY)
+        task = asyncio.create_task(host.validate("/first"))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        result = await host.validate("/second")  # no reply of the first can leak into it
+    assert result.stdout == "late /second\n"
+    assert host.execs_started == 2
+
+
+async def test_a_cancelled_lock_wait_does_not_keep_the_lock(pair: LocalHosts) -> None:
+    async with _fleet_for(pair) as holder, _fleet_for(pair) as waiter, _fleet_for(pair) as third:
+        async with holder.host(PRIMARY).lock(5):
+            task = asyncio.create_task(_hold_briefly(waiter, 5))
+            await asyncio.sleep(0.3)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        started = time.monotonic()
+        async with third.host(PRIMARY).lock(5):
+            assert time.monotonic() - started < 3
+
+
+async def _hold_briefly(fleet: SshFleet, wait: float) -> None:
+    async with fleet.host(PRIMARY).lock(wait):
+        pytest.fail("the waiter got a lock that was held")
