@@ -299,10 +299,15 @@ async def floor_change(hosts: Sequence[FloorHost], mrd: int, run: Runner) -> Non
 
 async def open_floor_hosts(hosts: LocalHosts) -> list[FloorHost]:
     """Connections, SFTP sessions and shells, all opened before anything is timed."""
-    opened = []
-    for server in load_inventory(hosts.inventory_path).servers.values():
-        opened.append(await _floor_host(server))
-    return opened
+    servers = load_inventory(hosts.inventory_path).servers.values()
+    return list(await asyncio.gather(*(_floor_host(s) for s in servers)))
+
+
+def close_floor_hosts(hosts: Sequence[FloorHost]) -> None:
+    for h in hosts:
+        if h.shell is not None:
+            h.shell.close()
+        h.conn.close()
 
 
 async def _floor_host(s: ServerEntry) -> FloorHost:
@@ -433,18 +438,21 @@ def ansible_runs(hosts: LocalHosts, workdir: Path, runs: int, first: int) -> Fig
 
 async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) -> list[Figures]:
     """Worker, floor, floor/sh and broker, in interleaved blocks; all warm."""
-    log = (workdir / "worker.log").open("w")
-    requester = Requester(args.amqp_url)
-    await requester.open()
-    worker = WorkerBench(hosts, args.amqp_url, log)
-    broker = BrokerBench(args.amqp_url)
-    floor_hosts: list[FloorHost] = []
     floor, floor_sh = Figures("floor"), Figures("floor/sh")
-    try:
+    async with contextlib.AsyncExitStack() as stack:  # closes whatever was started, in reverse
+        log = stack.enter_context((workdir / "worker.log").open("w"))
+        requester = Requester(args.amqp_url)
+        await requester.open()
+        stack.push_async_callback(requester.close)
+        worker = WorkerBench(hosts, args.amqp_url, log)
         await worker.start(requester)
+        stack.push_async_callback(worker.close)
+        broker = BrokerBench(args.amqp_url)
         await broker.start(requester)
+        stack.push_async_callback(broker.close)
         floor_hosts = await open_floor_hosts(hosts)
-        for i in range(args.warmup):  # connections, agent shells, JIT-less caches: warm
+        stack.callback(close_floor_hosts, floor_hosts)
+        for i in range(args.warmup):  # connections, agent shells, caches: all warm
             await worker.change(40 + i % 2, record=False)
             await floor_change(floor_hosts, 50 + i % 2, run_exec)
             await floor_change(floor_hosts, 50 + i % 2, run_in_shell)
@@ -465,15 +473,6 @@ async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) ->
             for _ in range(count * 4):
                 await broker.round_trip()
             print(f"  {start + count}/{args.modifies} rounds", flush=True)
-    finally:
-        for h in floor_hosts:
-            if h.shell is not None:
-                h.shell.close()
-            h.conn.close()
-        await worker.close()
-        await broker.close()
-        await requester.close()
-        log.close()
     return [worker.latency, worker.inside, floor, floor_sh, broker.figures]
 
 
