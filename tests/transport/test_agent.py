@@ -273,3 +273,15 @@ async def test_a_cancelled_lock_wait_does_not_keep_the_lock(pair: LocalHosts) ->
 async def _hold_briefly(fleet: SshFleet, wait: float) -> None:
     async with fleet.host(PRIMARY).lock(wait):
         pytest.fail("the waiter got a lock that was held")
+
+
+async def test_output_beyond_the_channel_window_is_ambiguous_and_says_why(
+    pair: LocalHosts,
+) -> None:
+    command = ": {path}; head -c 5000000 /dev/zero"
+    async with _fleet_for(pair, validate_command=command) as fleet:
+        host = fleet.host(PRIMARY)
+        with pytest.raises(Ambiguous) as caught:
+            await host.validate("/unused")
+        assert "channel window" in caught.value.message
+        assert (await host.restart()).ok  # a fresh agent takes over

@@ -213,8 +213,15 @@ class Agent:
                 done = True
             except TimeoutError as e:
                 raise AgentTimeout(f"no reply within {limit:g}s") from e
-            except (asyncio.IncompleteReadError, ValueError) as e:
-                raise AgentLost(f"agent channel ended: {e}", sent=sent) from e
+            except asyncio.IncompleteReadError as e:
+                if not self.process.is_closing() and self.process.exit_status is None:
+                    raise AgentLost(
+                        f"reply over {len(e.partial)} bytes, more than the channel window",
+                        sent=sent,
+                    ) from e
+                raise AgentLost("the channel closed", sent=sent) from e
+            except ValueError as e:
+                raise AgentLost(f"unreadable reply: {e}", sent=sent) from e
             except (asyncssh.Error, OSError) as e:
                 raise AgentLost(f"agent channel failed: {e}", sent=sent) from e
             finally:

@@ -637,7 +637,7 @@ class SshHost:
             ) from e
         except AgentLost as e:
             raise Ambiguous(
-                f"{self._name}: connection lost while `{command}` ran; its effect is unknown",
+                f"{self._name}: no complete reply for `{command}` ({e}); its effect is unknown",
                 server=self._name,
                 detail={"command": command},
             ) from e
