@@ -18,7 +18,13 @@ import pytest
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHost, LocalHosts, _tagged_pids
-from worker.errors import Ambiguous, LockTimeout, RemoteFileError, RemoteFileNotFound
+from worker.errors import (
+    Ambiguous,
+    CommandFailed,
+    LockTimeout,
+    RemoteFileError,
+    RemoteFileNotFound,
+)
 from worker.transport import SshFleet, SshOptions, load_inventory, parse_inventory
 from worker.transport.agent import AGENT_COMMAND, KILL_GRACE, Agent
 
@@ -285,3 +291,15 @@ async def test_output_beyond_the_channel_window_is_ambiguous_and_says_why(
             await host.validate("/unused")
         assert "channel window" in caught.value.message
         assert (await host.restart()).ok  # a fresh agent takes over
+
+
+async def test_a_shell_that_cannot_run_the_agent_is_a_clear_failure(
+    pair: LocalHosts, fleet: SshFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.transport.ssh as ssh
+
+    monkeypatch.setattr(ssh, "AGENT_COMMAND", "echo 'fish: unsupported syntax' >&2; exit 127")
+    with pytest.raises(CommandFailed) as caught:
+        await fleet.host(PRIMARY).restart()
+    assert "remote shell did not start" in caught.value.message
+    assert pair.hosts[PRIMARY].restarts() == []

@@ -16,8 +16,8 @@ never message text, only inventory values with ``{path}`` shell-quoted by the ca
 marks the end of each output stream, so any byte a command prints is passed through
 unchanged. It stays the same for the agent's life (asyncssh then compiles its separator once,
 not per request); a request that does not complete discards the agent, so no reply can ever
-be mistaken for a later one's. A body cut
-short by a lost connection is never run: the agent exits unless it read the closing token.
+be mistaken for a later one's. A body cut short by a lost connection is never run: the agent
+exits unless it read the closing token.
 
 Ops: ``run`` runs the body with ``/bin/sh -c`` under GNU ``timeout`` (``arg`` seconds, then
 KILL after 5 more), stdin ``/dev/null``, fd 9 closed. ``timeout`` puts the command in its own

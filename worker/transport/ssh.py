@@ -5,7 +5,7 @@ What the remote account needs
 * Key authentication for ``username`` with one of ``client_keys``; the server's host key listed
   in the inventory's ``known_hosts`` (an unknown or changed key is refused, never learned).
 * The SFTP subsystem (OpenSSH's default ``Subsystem sftp``) with the ``posix-rename@openssh.com``
-  extension; all file work goes over one SFTP session per connection.
+  extension; file reads and writes go over one SFTP session per connection.
 * Write access to the directory holding ``config_path``: candidates, backups and the lock file
   are created next to the live file so renames stay atomic and on one filesystem (and inside
   what an AppArmor profile for dhcpd allows). To keep the live file's owner on a replace the
@@ -31,9 +31,11 @@ or far more with a version manager in ``.bashrc``). So commands and the lock go 
 (:mod:`worker.transport.agent`): small ``/bin/sh`` loops started with one exec each, pooled per
 connection and reused, that run a request framed on their stdin and frame the reply. A warm
 change starts no exec: one pooled agent holds the lock, another runs validate and
-restart-and-verify (``restart && verify``, one request). Reads, writes, renames, removes and
-listings are SFTP requests. A command past ``command_timeout`` is ``Ambiguous``; its agent is
-discarded and the server-side ``timeout`` stops the command's process group a moment later.
+restart-and-verify (``restart && verify``, one request). Reads, writes, renames and removes
+are SFTP requests; directory listings go to an agent as well (SFTP sends every entry's
+attributes, which asyncssh decodes in Python). A command past ``command_timeout`` is
+``Ambiguous``; its agent is discarded and the server-side ``timeout`` stops the command's
+process group a moment later.
 
 Failure mapping: cannot connect / authenticate -> ``Unreachable``; host key not trusted ->
 ``HostKeyMismatch``; a command past its timeout, or a connection lost in the middle of a
@@ -582,13 +584,18 @@ class SshHost:
                 return await Agent.start(conn, process, self._options.connect_timeout)
             except _AGENT_START_ERRORS as e:
                 self._forget(conn)
-                stderr = _text(getattr(e, "partial", b""))
+                if conn.is_closed():
+                    raise Unreachable(
+                        f"{self._name}: connection lost while starting a command: {_reason(e)}",
+                        server=self._name,
+                    ) from e
+                output = _text(getattr(e, "partial", b""))
                 raise CommandFailed(
                     f"{self._name}: the remote shell did not start "
-                    f"({_reason(e) if not isinstance(e, TimeoutError) else 'no answer'}); "
+                    f"({'no answer' if isinstance(e, TimeoutError) else 'it exited'}); "
                     "the account needs a POSIX login shell, /bin/sh and quiet start-up files",
                     server=self._name,
-                    detail={"stderr": stderr[-2000:]},
+                    detail={"output": output[-2000:]},
                 ) from e
         raise AssertionError("unreachable")  # pragma: no cover
 
