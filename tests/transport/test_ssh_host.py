@@ -369,7 +369,7 @@ async def test_paths_with_spaces_quotes_and_dollars_are_quoted_not_interpreted(
     assert not [d for d in everywhere for p in ("PWNED", "PWNED2") if (d / p).exists()]
 
 
-async def test_restart_runs_the_verify_command_in_the_same_exec(
+async def test_restart_runs_the_verify_command_in_the_same_request(
     pair: LocalHosts, fleet: SshFleet
 ) -> None:
     host = fleet.host(PRIMARY)
