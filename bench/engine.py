@@ -122,10 +122,14 @@ def main() -> None:
     engine = statistics.median(engine_times)
     dhcpd = statistics.median(dhcpd_times)
     print(f"config: {args.subnets} subnets, {len(text):,} bytes, {args.runs} runs each")
-    print(f"engine parse+modify+render: median {engine * 1000:.1f} ms "
-          f"(best {min(engine_times) * 1000:.1f} ms)")
-    print(f"dhcpd -t -cf:               median {dhcpd * 1000:.1f} ms "
-          f"(best {min(dhcpd_times) * 1000:.1f} ms)")
+    print(
+        f"engine parse+modify+render: median {engine * 1000:.1f} ms "
+        f"(best {min(engine_times) * 1000:.1f} ms)"
+    )
+    print(
+        f"dhcpd -t -cf:               median {dhcpd * 1000:.1f} ms "
+        f"(best {min(dhcpd_times) * 1000:.1f} ms)"
+    )
     print(f"ratio engine/dhcpd: {engine / dhcpd:.2f} (target <= 0.50)")
 
 
