@@ -22,6 +22,7 @@ class FakeHost:
     ``validator(path, data)`` returns ``(ok, output)``; the default accepts everything.
     ``fail_restart`` / ``hang_restart`` / ``unreachable`` make the matching step fail.
     ``events`` records every mutating call in order, for assertions.
+    Like ``RemoteHost.write`` requires, a write is atomic: the dict entry is replaced whole.
     """
 
     name: str

@@ -1,8 +1,10 @@
 """Commit and rollback: the only steps that touch live files.
 
 Commit goes server by server, in order: back up the live file, rename the candidate over it,
-restart (the host's restart command runs restart and verify together), and record each step in
-the server's journal *before* the step's effect could be lost. The first failure stops it.
+restart (the host's restart command runs restart and verify together). The first failure stops
+it. No journal write is on this path: the journal holding the plan was written before the first
+server's backup, and how far each server got is read back from its live files' sha256 (a
+resumed change restarts every server holding a new file again, which is harmless).
 
 Rollback undoes every server the commit touched, last first: the backup's bytes are written
 beside the live file and renamed over it (so the backup itself stays for the operator), and
@@ -98,7 +100,6 @@ async def _commit_server(change: ServerChange) -> None:
         await host.replace(f.staged, f.path)
         f.state = "new"
         change.temps.discard(f.staged)
-    await save_step(change, Step.committed, restartAttempted=True)
     log.info("commit.replaced", server=change.name, files=[f.path for f in pending])
     change.restart_attempted = True
     result = await host.restart()
@@ -106,7 +107,6 @@ async def _commit_server(change: ServerChange) -> None:
         raise restart_error(change.name, result, Phase.commit)
     change.restarted = change.running_new = True
     log.info("commit.restarted", server=change.name, duration_ms=result.duration_ms)
-    await save_step(change, Step.restarted)
 
 
 # -- rollback --------------------------------------------------------------------------------
@@ -129,7 +129,9 @@ async def rollback(changes: Sequence[ServerChange], request_id: str, cause: Work
 async def _restore_server(change: ServerChange, request_id: str, cause: WorkerError) -> bool:
     host = change.host
     try:
-        await save_step(change, Step.restoring, error=cause.to_info())
+        await save_step(
+            change, Step.restoring, error=cause.to_info(), restartAttempted=change.restart_attempted
+        )
     except Exception as exc:  # keep going: restoring matters more than recording it
         _problem(change, f"journal not updated before restoring: {exc}")
     for f in change.files:

@@ -76,7 +76,6 @@ from worker.change.journal import (
     Step,
     delete_journal,
     find_journal,
-    journal_dir,
     new_stamp,
     prune_backups,
     prune_journals,
@@ -453,11 +452,7 @@ async def _write_journals(run: _Run, changes: list[ServerChange], warnings: list
             report=reports,
             warnings=warnings,
         )
-        try:
-            await save_journal(change.host, change.journal)
-        except Exception:  # its temp file may be left: the cleanup must know the name
-            change.temps.add(change.journal.path(journal_dir(change.host)) + ".tmp")
-            raise
+        await save_journal(change.host, change.journal)
 
     await _on_each(changed_only(changes), write)
 

@@ -48,13 +48,18 @@ JOURNAL_VERSION = 1
 
 
 class Step(StrEnum):
-    """How far one server got. Written *before* the step's effect where it matters:
-    ``committed`` is saved after the rename and before the restart, so a journal saying
-    ``committed`` means "may be running the new config"."""
+    """How far one server got, where the live files cannot tell.
 
-    staged = "staged"  # candidates written and validated; live file untouched
-    committed = "committed"  # live file replaced; restart may have been attempted
-    restarted = "restarted"  # restarted and verified on the new file
+    The commit itself saves no step: whether a server's live files were replaced is read from
+    their sha256 (:mod:`worker.change.recovery`), and a server holding a new file is restarted
+    again by a resumed change whatever it had reached (restarting twice is harmless). So a
+    commit costs no journal write; only the rollback's start and end, and the outcome, are
+    recorded. ``committed`` and ``restarted`` are no longer written; they are still read in
+    journals left by earlier versions."""
+
+    staged = "staged"  # the change's plan; live files may since have been replaced
+    committed = "committed"  # (earlier versions) live file replaced; restart may have begun
+    restarted = "restarted"  # (earlier versions) restarted and verified on the new file
     restoring = "restoring"  # rollback under way on this server
     rolled_back = "rolled_back"  # old file back and restarted (when it had been restarted)
     done = "done"  # the change has ended; ``outcome`` holds its result
@@ -84,7 +89,8 @@ class Journal(BaseModel):
     server: str
     servers: list[str]  # every server the change commits to, in commit order
     step: Step
-    restartAttempted: bool = False  # this server may run the new config (or be down)
+    restartAttempted: bool = False  # restarted during the change (or may be down): set when
+    # the rollback starts; a server holding a new file is taken as restarted anyway
     files: list[FileRecord]
     report: list[ServerResult] = []  # the plan's view of every server, for a resumed run
     warnings: list[str] = []
@@ -184,16 +190,25 @@ async def unfinished_changes(host: RemoteHost, request_id: str) -> list[str]:
 
 
 async def save_journal(host: RemoteHost, journal: Journal) -> None:
-    """Write the journal atomically (temp file + rename) so a reader never sees half of it.
-    Saving the done record also removes the running journal it replaces."""
-    directory = journal_dir(host)
-    journal.updated = datetime.now(UTC).isoformat()
-    path = journal.path(directory)
-    tmp = path + ".tmp"
-    await host.write(tmp, journal.model_dump_json(exclude_none=True).encode(), like=None)
-    await host.replace(tmp, path)
+    """Write the journal; ``RemoteHost.write`` is atomic (a reader never sees half of it), so
+    no temp file of our own is needed. Saving the done record also removes the running
+    journal it replaces (:func:`remove_running_journal`)."""
+    await write_journal(host, journal)
     if journal.step == Step.done:
-        await host.remove(journal_path(directory, journal.stamp, journal.requestId))
+        await remove_running_journal(host, journal)
+
+
+async def write_journal(host: RemoteHost, journal: Journal) -> None:
+    """Write the journal under its current name, atomically; one ``write``."""
+    journal.updated = datetime.now(UTC).isoformat()
+    data = journal.model_dump_json(exclude_none=True).encode()
+    await host.write(journal.path(journal_dir(host)), data, like=None)
+
+
+async def remove_running_journal(host: RemoteHost, journal: Journal) -> None:
+    """Remove the running journal once its done record exists (a leftover is harmless: a
+    done record makes the change finished whatever else is there)."""
+    await host.remove(journal_path(journal_dir(host), journal.stamp, journal.requestId))
 
 
 async def delete_journal(host: RemoteHost, journal: Journal) -> None:

@@ -48,9 +48,14 @@ class RemoteHost(Protocol):
         ...
 
     async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
-        """Write ``path`` (created or truncated), copying mode and owner of ``like`` if given.
+        """Write ``path`` (created or replaced), copying mode and owner of ``like`` if given.
 
-        Writers use a path in the live file's own directory so the later rename is atomic.
+        Atomic: ``path`` holds its old bytes (or does not exist) until the new bytes are all
+        there, durable, and then it holds them whole -- a reader or a crash never sees half a
+        file (the SSH adapter writes a temp file beside it, fsyncs and renames it over).
+        Callers rely on this and add no temp file of their own. Being a replace, it gives
+        ``path`` a new file: another name linked to the old one (:meth:`link`) keeps the old
+        bytes. Writers use a path in the live file's own directory so a later rename is atomic.
         """
         ...
 

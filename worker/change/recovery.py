@@ -1,9 +1,15 @@
 """Reading back a change that an earlier run of the same request id left unfinished.
 
 The journals say what the change was (files, hashes, candidate and backup names, the report)
-and how far each server got; the live files' sha256 say what each server holds *now*, which
-is the truth whenever the two disagree (a worker can die between a rename and the journal
-update). :func:`decide` turns that into one verdict; the coordinator acts on it.
+and whether a rollback had begun; the live files' sha256 say how far the commit got on each
+server. The commit records no step of its own: a server holding any new (or unrecognised)
+file may have been restarted on it -- or be down after a failed restart -- so it is treated as
+"restart attempted, not known to have succeeded": finishing the change restarts it again,
+undoing it restarts it on the restored file. Restarting twice is harmless; not restarting a
+server that needed it is not. (Journals of earlier versions may say ``committed`` or
+``restarted``; they are read the same way, and ``restarted`` with every file new still counts
+as running the new config.) :func:`decide` turns that into one verdict; the coordinator acts
+on it.
 
 Verdicts (the policy the coordinator's docstring states):
 
@@ -30,7 +36,6 @@ from worker.change.journal import (
     Step,
     check_path,
     find_journal,
-    journal_dir,
     restore_path,
 )
 from worker.change.model import FileChange, ServerChange, changed_only
@@ -108,7 +113,7 @@ async def _file(host: RemoteHost, record: FileRecord) -> FileChange:
 
 def _possible_temps(host: RemoteHost, journal: Journal, request_id: str) -> set[str]:
     """Every temp name the earlier run may have left (removing a missing one is harmless)."""
-    temps = {journal.path(journal_dir(host)) + ".tmp"}
+    temps: set[str] = set()
     for r in journal.files:
         temps |= {r.staged, check_path(r.path, request_id), restore_path(r.path, request_id)}
     return temps
@@ -124,7 +129,9 @@ def _progress(change: ServerChange, journal: Journal) -> None:
     if journal.step == Step.rolled_back:  # its rollback finished: nothing left to undo
         change.restarted = journal.restartAttempted
         return
-    change.restart_attempted = journal.restartAttempted
+    # The live files tell whether the rename happened; then the restart may have, too.
+    replaced = any(f.state != "old" for f in change.files)
+    change.restart_attempted = journal.restartAttempted or replaced
     change.restarted = change.running_new = journal.step == Step.restarted and all_new
 
 
