@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from worker.change.ports import CommandResult, RemoteHost
-from worker.errors import Ambiguous, LockTimeout, UnknownServer, Unreachable
+from worker.errors import (
+    Ambiguous,
+    LockTimeout,
+    RemoteFileError,
+    RemoteFileNotFound,
+    UnknownServer,
+    Unreachable,
+)
 
 
 @dataclass
@@ -62,6 +69,18 @@ class FakeHost:
         self.files[dst] = self.files.pop(src)
         self.modes[dst] = self.modes.pop(src, 0o644)
         self.events.append(("replace", src, dst))
+
+    async def link(self, src: str, dst: str) -> None:
+        """A copy of the bytes is a faithful hard link here: nothing rewrites a file in place
+        (``write`` and ``replace`` put a new entry in the dict)."""
+        self._check()
+        if src not in self.files:
+            raise RemoteFileNotFound(f"{self.name}: link {dst} to {src}: no such file")
+        if dst in self.files:
+            raise RemoteFileError(f"{self.name}: link {dst} to {src}: file exists")
+        self.files[dst] = self.files[src]
+        self.modes[dst] = self.modes.get(src, 0o644)
+        self.events.append(("link", src, dst))
 
     async def remove(self, path: str) -> None:
         self._check()
@@ -133,5 +152,3 @@ class FakeFleet:
             if address == name or address in h.addresses:
                 return name
         return None
-
-

@@ -19,7 +19,7 @@ from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY
 class KnobHost(FakeHost):
     """FakeHost plus what the coordinator tests need: a timeline shared across hosts, a
     restart that fails only N times or waits on a gate, a hook when the lock is taken, a
-    crash at a chosen operation, and refused writes to chosen paths."""
+    crash at a chosen operation, and refused writes (and links) to chosen paths."""
 
     timeline: list[tuple[str, ...]] = field(default_factory=list)
     restart_failures: int = 0
@@ -45,6 +45,14 @@ class KnobHost(FakeHost):
     async def replace(self, src: str, dst: str) -> None:
         self._op("replace", src, dst)
         await super().replace(src, dst)
+
+    async def link(self, src: str, dst: str) -> None:
+        self._op("link", src, dst)
+        if self.refuse_write(dst):
+            from worker.errors import RemoteFileError
+
+            raise RemoteFileError(f"{self.name}: permission denied: {dst}", server=self.name)
+        await super().link(src, dst)
 
     async def validate(self, path: str) -> CommandResult:
         self._op("validate", path)

@@ -102,6 +102,17 @@ async def test_commit_keeps_a_backup_removes_every_temp_file_and_releases_locks(
     assert world.locked() == []
 
 
+async def test_the_backup_is_a_hard_link_taken_just_before_the_rename(world: World) -> None:
+    await execute(modify_request(), "req-modify-1", world.fleet)
+
+    for host in world.hosts.values():
+        ops = [op[1:] for op in host.timeline if op[0] == host.name]
+        (backup,) = backups(in_dir(host))
+        assert ("write", backup) not in ops  # no copy of the bytes
+        link = ops.index(("link", host.config_path, backup))
+        assert ops[link + 1][0] == "replace" and ops[link + 1][2] == host.config_path
+
+
 async def test_locks_are_taken_in_name_order_whatever_the_commit_order(world: World) -> None:
     # Remove anchored on the secondary commits dhcp2 first, but locks dhcp1 first.
     result = await execute(remove_request(server=SECONDARY), "req-remove-1", world.fleet)
@@ -717,7 +728,7 @@ async def test_a_cut_off_change_edited_by_hand_meanwhile_is_left_for_an_operator
 
 async def test_a_change_cut_off_before_any_commit_is_planned_afresh(world: World) -> None:
     # Dies after the journals were written, before the first backup.
-    world.primary.crash_at = lambda op: op[0] == "write" and op[1].endswith(".bak")
+    world.primary.crash_at = lambda op: op[0] == "link" and op[2].endswith(".bak")
     with pytest.raises(SimulatedCrash):
         await execute(modify_request(), "req-modify-1", world.fleet)
     world.primary.crash_at = lambda op: False

@@ -84,6 +84,9 @@ class Probe:
             raise SimulatedCrash(f"{self.name}: worker died before replacing {dst}")
         await self.inner.replace(src, dst)
 
+    async def link(self, src: str, dst: str) -> None:
+        await self.inner.link(src, dst)
+
     async def remove(self, path: str) -> None:
         await self.inner.remove(path)
 

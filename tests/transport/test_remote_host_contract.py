@@ -20,7 +20,7 @@ from tests.fixtures.sshd import LocalHostsFactory
 from worker.change.ports import RemoteHost
 from worker.demo import PRIMARY, sample_config
 from worker.demo.localhosts import LocalHost
-from worker.errors import Ambiguous, LockTimeout
+from worker.errors import Ambiguous, LockTimeout, RemoteFileError, RemoteFileNotFound
 from worker.transport import SshFleet, SshOptions, load_inventory
 
 pytestmark = pytest.mark.timeout(60)
@@ -166,6 +166,35 @@ async def test_replace_of_a_missing_source_raises_file_not_found(harness: Harnes
     with pytest.raises(FileNotFoundError):
         await harness.host.replace(_beside(harness, "missing.conf"), harness.host.config_path)
     assert await harness.host.read(harness.host.config_path) == CONF
+
+
+async def test_link_keeps_the_old_bytes_once_the_live_file_is_replaced(harness: Harness) -> None:
+    live, backup = harness.host.config_path, _beside(harness, ".dhcpd.conf.bak")
+    harness.set_mode(live, 0o640)
+    await harness.host.link(live, backup)
+    assert await harness.host.read(backup) == CONF
+    assert harness.mode(backup) == 0o640  # one file, two names
+    await harness.host.write(live, b"new\n", like=live)
+    assert await harness.host.read(backup) == CONF
+    candidate = _beside(harness, "candidate.conf")
+    await harness.host.write(candidate, b"newer\n")
+    await harness.host.replace(candidate, live)
+    assert await harness.host.read(backup) == CONF
+    assert await harness.host.read(live) == b"newer\n"
+
+
+async def test_link_onto_an_existing_name_fails_and_changes_nothing(harness: Harness) -> None:
+    other = _beside(harness, "other.conf")
+    await harness.host.write(other, b"other\n")
+    with pytest.raises(RemoteFileError):
+        await harness.host.link(harness.host.config_path, other)
+    assert await harness.host.read(other) == b"other\n"
+
+
+async def test_link_of_a_missing_source_raises_file_not_found(harness: Harness) -> None:
+    with pytest.raises(RemoteFileNotFound):
+        await harness.host.link(_beside(harness, "nope.conf"), _beside(harness, "x.bak"))
+    assert await harness.host.read(_beside(harness, "x.bak")) is None
 
 
 async def test_remove_deletes_and_tolerates_a_missing_file(harness: Harness) -> None:

@@ -6,6 +6,10 @@ it. No journal write is on this path: the journal holding the plan was written b
 server's backup, and how far each server got is read back from its live files' sha256 (a
 resumed change restarts every server holding a new file again, which is harmless).
 
+Backups are hard links to the live file taken just before its rename (one request, no copy):
+the rename gives the live name the candidate's file and the backup keeps the old one. Nothing
+of ours rewrites a file in place, so the backup's bytes cannot change afterwards.
+
 Rollback undoes every server the commit touched, last first: the backup's bytes are written
 beside the live file and renamed over it (so the backup itself stays for the operator), and
 a server that was restarted on the new config -- or whose restart failed, leaving it down --
@@ -15,7 +19,8 @@ such a server is not restarted, because restarting it would only run the wrong f
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Sequence
 from typing import Any
 
 import structlog
@@ -57,6 +62,13 @@ async def save_step(change: ServerChange, step: Step, **fields: Any) -> None:
     await save_journal(change.host, journal)
 
 
+async def _all_of(steps: Sequence[Awaitable[object]]) -> None:
+    """Await ``steps`` at once; all finish before the first error (in order) is raised."""
+    for result in await asyncio.gather(*steps, return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result
+
+
 def restart_error(server: str, result: CommandResult, phase: Phase) -> CommandFailed:
     output = "\n".join(p for p in (result.stdout, result.stderr) if p)[-OUTPUT_TAIL:]
     last = output.strip().splitlines()[-1] if output.strip() else "no output"
@@ -94,7 +106,11 @@ async def _commit_server(change: ServerChange) -> None:
     for f in pending:
         if f.before is None or f.after is None:  # only a damaged resumed change gets here
             raise WorkerError(f"{f.path}: backup or candidate missing", code="journal_mismatch")
-        await host.write(f.backup, f.before, like=f.path)
+    if change.snapshot is None:  # resumed: the earlier run may have made the backups already
+        await _all_of([host.remove(f.backup) for f in pending])
+    # The backup is a hard link to the live file (which still holds the old bytes): the
+    # rename below gives the live name a new file, the backup keeps the old one.
+    await _all_of([host.link(f.path, f.backup) for f in pending])
     for f in pending:
         f.state = "unknown"  # a rename that raises may or may not have happened
         await host.replace(f.staged, f.path)

@@ -63,6 +63,13 @@ class RemoteHost(Protocol):
         """Atomically rename ``src`` over ``dst`` (POSIX rename semantics)."""
         ...
 
+    async def link(self, src: str, dst: str) -> None:
+        """Make ``dst`` a hard link to ``src`` (one file, two names): a backup that costs no
+        copy. ``dst`` must not exist (``RemoteFileError``); a missing ``src`` is
+        ``RemoteFileNotFound``. Since :meth:`write` and :meth:`replace` give ``src`` a new file,
+        ``dst`` keeps the bytes ``src`` had when it was linked. Same directory as ``src``."""
+        ...
+
     async def remove(self, path: str) -> None:
         """Delete ``path``; a missing file is not an error."""
         ...

@@ -5,7 +5,8 @@ What the remote account needs
 * Key authentication for ``username`` with one of ``client_keys``; the server's host key listed
   in the inventory's ``known_hosts`` (an unknown or changed key is refused, never learned).
 * The SFTP subsystem (OpenSSH's default ``Subsystem sftp``) with the ``posix-rename@openssh.com``
-  extension; file reads and writes go over one SFTP session per connection.
+  and ``hardlink@openssh.com`` extensions (backups are hard links); file reads and writes go
+  over one SFTP session per connection.
 * Write access to the directory holding ``config_path``: candidates, backups and the lock file
   are created next to the live file so renames stay atomic and on one filesystem (and inside
   what an AppArmor profile for dhcpd allows). To keep the live file's owner on a replace the
@@ -503,6 +504,12 @@ class SshHost:
             f"rename {src} over {dst}",
             lambda sftp: sftp.posix_rename(src, dst),
             mutating=True,
+        )
+
+    async def link(self, src: str, dst: str) -> None:
+        """A hard link over SFTP (``hardlink@openssh.com``): one request, no data copied."""
+        await self._sftp_call(
+            f"link {dst} to {src}", lambda sftp: sftp.link(src, dst), mutating=True
         )
 
     async def remove(self, path: str) -> None:
