@@ -113,6 +113,25 @@ async def test_the_backup_is_a_hard_link_taken_just_before_the_rename(world: Wor
         assert ops[link + 1][0] == "replace" and ops[link + 1][2] == host.config_path
 
 
+async def test_a_change_lists_each_config_directory_once_before_and_once_under_the_lock(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    listed: list[tuple[str, str]] = []
+    for host in world.hosts.values():
+
+        async def listdir(directory: str, host: KnobHost = host) -> list[str]:
+            listed.append((host.name, directory))
+            return await KnobHost.listdir(host, directory)
+
+        monkeypatch.setattr(host, "listdir", listdir)
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded
+    for host in world.hosts.values():
+        assert listed.count((host.name, "/etc/dhcp")) == 2, listed
+
+
 async def test_locks_are_taken_in_name_order_whatever_the_commit_order(world: World) -> None:
     # Remove anchored on the secondary commits dhcp2 first, but locks dhcp1 first.
     result = await execute(remove_request(server=SECONDARY), "req-remove-1", world.fleet)

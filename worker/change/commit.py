@@ -112,6 +112,8 @@ async def _commit_server(change: ServerChange) -> None:
     # rename below gives the live name a new file, the backup keeps the old one.
     await _all_of([host.link(f.path, f.backup) for f in pending])
     for f in pending:
+        f.linked = True
+    for f in pending:
         f.state = "unknown"  # a rename that raises may or may not have happened
         await host.replace(f.staged, f.path)
         f.state = "new"

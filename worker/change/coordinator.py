@@ -17,9 +17,12 @@
 Plan reads every server's live tree and computes the candidates (no writes, no locks).
 Prepare takes every involved server's lock in name order (two changes sharing servers never
 deadlock), checks the live bytes still match the plan, stages each candidate beside its live
-file and runs the server's ``validate_command`` on it. Commit writes a journal on each server,
-then per server in order: backup, atomic rename, restart+verify. Finish removes temp files,
-prunes old backups and finished journals, and records the outcome in every journal.
+file and runs the server's ``validate_command`` on it, and writes a journal on each server
+(these three at once per server, all servers at once). Commit then goes per server in order:
+backup (a hard link), atomic rename, restart+verify. Finish removes temp files, prunes old
+backups and finished journals, and records the outcome in every journal. Each journal
+directory is listed once before the locks and once under them; the second listing stays true
+while the locks are held (but for this change's own files), so finish prunes from it.
 
 Idempotency and recovery (the policy)
     The journal of a change that ended holds its outcome: running the same request id again
@@ -59,28 +62,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import posixpath
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
 from worker.change import recovery
-from worker.change.commit import as_worker_error, commit, rollback, rollback_failed_error, save_step
+from worker.change.commit import as_worker_error, commit, rollback, rollback_failed_error
 from worker.change.journal import (
     Journal,
     Step,
     delete_journal,
     find_journal,
+    journal_dir,
+    list_journal_dir,
     new_stamp,
     prune_backups,
     prune_journals,
+    remove_running_journal,
     save_journal,
     unfinished_changes,
+    write_journal,
 )
 from worker.change.model import ServerChange, changed_only, planned_change
 from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
@@ -144,6 +152,7 @@ async def execute(
             if not request.dry_run and not any(c.changed for c in changes):
                 # Nothing to change: maybe a twin delivery of this request id applied it
                 # since the lookup above. Its outcome is the answer, not a "changed: false".
+                run.listings.clear()  # look again
                 previous = await _resume_previous(run, fleet)
                 if previous is not None:
                     return run.done(previous)
@@ -168,9 +177,8 @@ async def _prepare_and_commit(
 ) -> ResultData:
     """Under the locks: prepare (reversible), then commit and finish (shielded). Total."""
     try:
-        await _on_each(changes, lambda c: _prepare_server(run, c))
-        if not run.request.dry_run:
-            await _write_journals(run, changes, warnings)
+        journals = {} if run.request.dry_run else _new_journals(run, changes, warnings)
+        await _on_each(changes, lambda c: _prepare_server(run, c, journals.get(c.name)))
     except asyncio.CancelledError:
         await _discard(changes, run.request_id)
         raise
@@ -202,7 +210,9 @@ async def _commit_and_finish(
 async def _resume_previous(run: _Run, fleet: Fleet) -> ResultData | None:
     """The recorded outcome of this request id, or the end of a change an earlier run cut off
     (policy in the module docstring); None when there is nothing to pick up."""
-    found = await recovery.find_previous(fleet, _anchors(run.request), run.request_id)
+    found = await recovery.find_previous(
+        fleet, _anchors(run.request), run.request_id, run.listings
+    )
     if not found:
         return None
     if (outcome := recovery.finished(found)) is not None:
@@ -219,6 +229,7 @@ async def _resume_previous(run: _Run, fleet: Fleet) -> ResultData | None:
         log.warning("change.resume", verdict=resumed.verdict, reason=resumed.reason)
         if resumed.verdict == "replan":
             await _discard(resumed.changes, run.request_id)
+            run.listings.clear()  # what it listed has just been removed
             return None
         if resumed.verdict == "conflict":
             return await _record_conflict(run, resumed)
@@ -237,7 +248,10 @@ async def _resume_previous(run: _Run, fleet: Fleet) -> ResultData | None:
 async def _replay(run: _Run, fleet: Fleet) -> ResultData | None:
     """Under the locks: the outcome a twin delivery of this request id recorded while this
     run waited for them (it planned on the files the twin has since changed)."""
-    found = await recovery.find_previous(fleet, _anchors(run.request), run.request_id)
+    run.locked.clear()  # listings taken under the locks: they stay true while they are held
+    found = await recovery.find_previous(
+        fleet, _anchors(run.request), run.request_id, run.locked
+    )
     if (outcome := recovery.finished(found)) is not None:
         log.info("change.replayed", outcome=outcome.outcome, after="lock wait")
     return outcome
@@ -285,11 +299,11 @@ async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]
     if isinstance(request, ModifyRequest):
         p = request.params
         hosts = {n: fleet.host(n) for n in (p.primary_server, p.secondary_server)}
-        snaps = await _snapshots(hosts, run.request_id)
+        snaps = await _snapshots(hosts, run)
         primary, secondary = (_parse(snaps[n]) for n in hosts)
         plans: Sequence[ServerPlan] = plan_modify(p, primary, secondary)
     else:
-        hosts, snaps, plans, warnings = await _plan_remove(request.params, fleet, run.request_id)
+        hosts, snaps, plans, warnings = await _plan_remove(request.params, fleet, run)
     changes = [
         planned_change(hosts[plan.server], snaps[plan.server], plan, run.request_id, run.stamp)
         for plan in plans
@@ -304,11 +318,11 @@ async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]
 
 
 async def _plan_remove(
-    p: RemoveParams, fleet: Fleet, request_id: str
+    p: RemoveParams, fleet: Fleet, run: _Run
 ) -> tuple[dict[str, RemoteHost], dict[str, Snapshot], list[ServerPlan], list[str]]:
     """Remove: the partners come from the peer blocks' ``peer address`` and the inventory."""
     hosts = {p.server: fleet.host(p.server)}
-    snaps = await _snapshots(hosts, request_id)
+    snaps = await _snapshots(hosts, run)
     configs = {p.server: _parse(snaps[p.server])}
     pairs: dict[str, tuple[str, str]] = {}
     for name, (role, address) in remove_partners(configs[p.server], p.names).items():
@@ -328,7 +342,7 @@ async def _plan_remove(
             )
         pairs[name] = (p.server, partner) if role == "primary" else (partner, p.server)
     partners = {n: fleet.host(n) for pair in pairs.values() for n in pair if n not in hosts}
-    snaps.update(await _snapshots(partners, request_id))
+    snaps.update(await _snapshots(partners, run))
     hosts.update(partners)
     configs.update({n: _parse(snaps[n]) for n in partners})
     plans = list(plan_remove(p, configs, pairs))
@@ -352,12 +366,13 @@ def _same_ranges_warnings(
     return warnings
 
 
-async def _snapshots(hosts: dict[str, RemoteHost], request_id: str) -> dict[str, Snapshot]:
-    """Each server's live tree, once it is clear no other change was cut off there."""
+async def _snapshots(hosts: dict[str, RemoteHost], run: _Run) -> dict[str, Snapshot]:
+    """Each server's live tree, once it is clear no other change was cut off there (from the
+    listing the journal lookup just took, if it took one)."""
 
     async def read(host: RemoteHost) -> Snapshot:
         snapshot, _ = await asyncio.gather(
-            read_snapshot(host), _refuse_if_unfinished(host, request_id)
+            read_snapshot(host), _refuse_if_unfinished(host, run.request_id, run.listings)
         )
         return snapshot
 
@@ -365,10 +380,13 @@ async def _snapshots(hosts: dict[str, RemoteHost], request_id: str) -> dict[str,
     return dict(zip(hosts, snaps, strict=True))
 
 
-async def _refuse_if_unfinished(host: RemoteHost, request_id: str) -> None:
+async def _refuse_if_unfinished(
+    host: RemoteHost, request_id: str, listings: dict[str, list[str]] | None = None
+) -> None:
     """A change cut off on this server must end before another starts: planning on a
     half-changed pair would be wrong, and finishing it later would overwrite this one."""
-    others = await unfinished_changes(host, request_id)
+    names = await list_journal_dir(host, listings) if listings is not None else None
+    others = await unfinished_changes(host, request_id, names)
     if others:
         raise Failed(
             f"{host.name} has an unfinished change (request {', '.join(others)}); "
@@ -394,54 +412,82 @@ async def _journals(hosts: Sequence[RemoteHost], request_id: str) -> list[Journa
 # -- prepare ---------------------------------------------------------------------------------
 
 
-async def _prepare_server(run: _Run, change: ServerChange) -> None:
-    """Nothing changed since plan; candidates staged beside the live files and validated."""
+async def _prepare_server(run: _Run, change: ServerChange, journal: Journal | None) -> None:
+    """Nothing changed since plan; candidates staged beside the live files and validated;
+    the journal written (unless a dry run). Under the lock no other change is unfinished here
+    (checked on the listing the lock-time journal lookup took: nothing is touched if one is).
+    Then three independent strands run at once: reading the live files again to compare them
+    with the plan, staging and validating the candidates, writing the journal. All end before
+    an error is raised; a foreign edit is reported before anything else the strands found."""
     host, snapshot = change.host, change.snapshot
     assert snapshot is not None  # a planned change always has one
     with change.timed():
-        # Both only read, so they go at once; an unfinished change is still reported first.
-        paths = list(snapshot.raw)
+        await _refuse_if_unfinished(host, run.request_id, run.locked)  # again, under the lock
         outcomes = await asyncio.gather(
-            _refuse_if_unfinished(host, run.request_id),  # again, now under the lock
-            *(host.read(path) for path in paths),
+            _recheck(change, snapshot),
+            _stage_and_validate(run, change),
+            _save_new_journal(change, journal),
             return_exceptions=True,
         )
-        for outcome in outcomes:
-            if isinstance(outcome, BaseException):
-                raise outcome
-        lives = cast(list[bytes | None], outcomes[1:])
-        for path, live in zip(paths, lives, strict=True):
-            planned = snapshot.raw[path]
-            if live != planned:
-                raise ConcurrentChange(
-                    f"{path} on {change.name} changed since it was read; not overwriting it",
-                    server=change.name,
-                    detail={
-                        "file": path,
-                        "planned": sha256_hex(planned),
-                        "found": sha256_hex(live) if live is not None else None,
-                    },
-                )
-        for f in change.files:
-            assert f.after is not None
-            change.temps.add(f.staged)
-            await host.write(f.staged, f.after, like=f.path)
-        if change.changed:
-            changed = [f.path for f in change.files]
-            await validate_tree(
-                host, change.main, change.after_texts, changed, run.request_id, change.temps
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for error in errors:
+            if isinstance(error, ConcurrentChange) or not isinstance(error, Exception):
+                raise error
+        if errors:
+            raise errors[0]
+
+
+async def _recheck(change: ServerChange, snapshot: Snapshot) -> None:
+    """The live files still hold the bytes the plan was computed from."""
+    paths = list(snapshot.raw)
+    lives = await asyncio.gather(*(change.host.read(path) for path in paths))
+    for path, live in zip(paths, lives, strict=True):
+        planned = snapshot.raw[path]
+        if live != planned:
+            raise ConcurrentChange(
+                f"{path} on {change.name} changed since it was read; not overwriting it",
+                server=change.name,
+                detail={
+                    "file": path,
+                    "planned": sha256_hex(planned),
+                    "found": sha256_hex(live) if live is not None else None,
+                },
             )
-            log.info("prepare.validated", server=change.name, files=changed)
 
 
-async def _write_journals(run: _Run, changes: list[ServerChange], warnings: list[str]) -> None:
-    """One journal per changed server, all written before the first live file is touched.
-    The servers are independent here, so their journals are written at once."""
+async def _stage_and_validate(run: _Run, change: ServerChange) -> None:
+    """Each candidate written beside its live file, then the server's validate command."""
+    host = change.host
+    candidates = []
+    for f in change.files:
+        assert f.after is not None
+        change.temps.add(f.staged)
+        candidates.append(host.write(f.staged, f.after, like=f.path))
+    await _all_of(candidates)
+    if change.changed:
+        changed = [f.path for f in change.files]
+        await validate_tree(
+            host, change.main, change.after_texts, changed, run.request_id, change.temps
+        )
+        log.info("prepare.validated", server=change.name, files=changed)
+
+
+async def _save_new_journal(change: ServerChange, journal: Journal | None) -> None:
+    """The journal must exist before the first live file is touched; the commit writes none."""
+    if journal is None:
+        return
+    change.journal = journal  # set first: a failed or cut-off write is cleaned up too
+    await save_journal(change.host, journal)
+
+
+def _new_journals(
+    run: _Run, changes: list[ServerChange], warnings: list[str]
+) -> dict[str, Journal]:
+    """One journal per changed server: the plan, and the report a resumed run answers with."""
     reports = [c.report for c in changes]
     servers = [c.name for c in changed_only(changes)]
-
-    async def write(change: ServerChange) -> None:
-        change.journal = Journal(
+    return {
+        change.name: Journal(
             requestId=run.request_id,
             command=run.request.command,
             stamp=run.stamp,
@@ -452,9 +498,8 @@ async def _write_journals(run: _Run, changes: list[ServerChange], warnings: list
             report=reports,
             warnings=warnings,
         )
-        await save_journal(change.host, change.journal)
-
-    await _on_each(changed_only(changes), write)
+        for change in changed_only(changes)
+    }
 
 
 async def _discard(changes: Sequence[ServerChange], request_id: str) -> list[str]:
@@ -498,12 +543,23 @@ async def _finish(
         """One server's cleanup; its prunes touch disjoint files, so they run at once."""
         try:
             await _remove_temps(change)
+            # The journal directory as listed under the lock still holds, but for our own
+            # backups made since (the lock keeps every other change out).
+            names = run.locked.get(change.name)
+            home = journal_dir(change.host)
             prunes = [
-                prune_backups(change.host, f.path, run.options.backup_retention)
+                prune_backups(
+                    change.host,
+                    f.path,
+                    run.options.backup_retention,
+                    names if posixpath.dirname(f.path) == home else None,
+                    [f.backup] if f.linked else [],
+                )
                 for f in change.files
             ]
             # This change's done record is written below: make room for it.
-            prunes.append(prune_journals(change.host, max(run.options.journal_retention - 1, 0)))
+            keep = max(run.options.journal_retention - 1, 0)
+            prunes.append(prune_journals(change.host, keep, names))
             await _all_of(prunes)
         except Exception as exc:
             log.warning("cleanup.failed", server=change.name, error=str(exc))
@@ -517,17 +573,29 @@ async def _finish(
 
 
 async def _record(changes: list[ServerChange], result: ResultData) -> ResultData:
-    """Store the outcome in every journal, the first server's last: it is read first."""
+    """Store the outcome in every journal, the first server's last: it is read first, so once
+    it has its done record every server has one. The running journals a done record replaces
+    are removed alongside (a leftover one is harmless: the done record ends the change)."""
     stored = result.model_copy(deep=True)
+    removals: list[asyncio.Task[None]] = []
     for change in reversed(changed_only(changes)):
+        journal = change.journal
+        if journal is None:
+            continue
         try:
-            await save_step(change, Step.done, outcome=stored, report=[])
+            journal.outcome, journal.report, journal.step = stored, [], Step.done
+            await write_journal(change.host, journal)
         except Exception as exc:
             log.error("journal.not_recorded", server=change.name, error=str(exc))
             result.warnings.append(
                 f"outcome not recorded on {change.name} ({exc}); "
                 "a rerun of this request will derive it from the servers again"
             )
+            continue
+        removals.append(asyncio.ensure_future(remove_running_journal(change.host, journal)))
+    for outcome in await asyncio.gather(*removals, return_exceptions=True):
+        if isinstance(outcome, BaseException):
+            log.warning("journal.not_removed", error=str(outcome))
     return result
 
 
@@ -543,6 +611,10 @@ class _Run:
     options: ChangeOptions
     started: float = field(default_factory=time.monotonic)
     stamp: str = field(default_factory=new_stamp)
+    #: Journal directories as listed before the locks (server name -> names)...
+    listings: dict[str, list[str]] = field(default_factory=dict)
+    #: ...and under them: true until they are released, but for this change's own files.
+    locked: dict[str, list[str]] = field(default_factory=dict)
 
     def result(
         self,

@@ -25,8 +25,10 @@ and AppArmor profiles that allow the config directory allow these too.
 
 from __future__ import annotations
 
+import asyncio
 import posixpath
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -149,14 +151,30 @@ def _backup_name(live: str) -> re.Pattern[str]:
 # -- reading and writing ---------------------------------------------------------------------
 
 
-async def find_journal(host: RemoteHost, request_id: str) -> Journal | None:
+async def list_journal_dir(host: RemoteHost, listings: dict[str, list[str]] | None) -> list[str]:
+    """The names in ``host``'s journal directory: from ``listings`` (keyed by server name) when
+    it holds them, else listed now and stored there. One listing serves every question a step
+    asks about the directory (this request's journal, unfinished changes, what to prune)."""
+    if listings is not None and host.name in listings:
+        return listings[host.name]
+    names = await host.listdir(journal_dir(host))
+    if listings is not None:
+        listings[host.name] = names
+    return names
+
+
+async def find_journal(
+    host: RemoteHost, request_id: str, names: list[str] | None = None
+) -> Journal | None:
     """This request's journal on ``host`` (its done record, if it has one), or None. A journal
     that cannot be read back is an error, not "no journal": guessing could apply a change
-    twice."""
+    twice. ``names``: the journal directory as just listed, if the caller has it."""
     directory = journal_dir(host)
+    if names is None:
+        names = await host.listdir(directory)
     found = sorted(
         (m["prefix"] == DONE_PREFIX, m["stamp"], name)
-        for name in await host.listdir(directory)
+        for name in names
         if (m := _RECORD_NAME.match(name)) and m["rid"] == request_id
     )
     if not found:
@@ -178,12 +196,17 @@ async def find_journal(host: RemoteHost, request_id: str) -> Journal | None:
         ) from None
 
 
-async def unfinished_changes(host: RemoteHost, request_id: str) -> list[str]:
+async def unfinished_changes(
+    host: RemoteHost, request_id: str, names: list[str] | None = None
+) -> list[str]:
     """Request ids of *other* changes still unfinished on ``host`` (a journal and no done
-    record): a change cut off there must be finished or undone before another one starts."""
+    record): a change cut off there must be finished or undone before another one starts.
+    ``names``: the journal directory as just listed, if the caller has it."""
     active: set[str] = set()
     done: set[str] = set()
-    for name in await host.listdir(journal_dir(host)):
+    if names is None:
+        names = await host.listdir(journal_dir(host))
+    for name in names:
         if m := _RECORD_NAME.match(name):
             (done if m["prefix"] == DONE_PREFIX else active).add(m["rid"])
     return sorted(active - done - {request_id})
@@ -218,29 +241,45 @@ async def delete_journal(host: RemoteHost, journal: Journal) -> None:
 # -- pruning ---------------------------------------------------------------------------------
 
 
-async def prune_backups(host: RemoteHost, live: str, keep: int) -> list[str]:
-    """Remove the oldest backups of ``live`` beyond the newest ``keep``; return their paths."""
+async def prune_backups(
+    host: RemoteHost,
+    live: str,
+    keep: int,
+    names: list[str] | None = None,
+    added: Sequence[str] = (),
+) -> list[str]:
+    """Remove the oldest backups of ``live`` beyond the newest ``keep``; return their paths.
+    ``names``: the directory as listed earlier under the change lock (nothing else adds or
+    removes backups while it is held), ``added``: backup paths made since that listing."""
     directory = posixpath.dirname(live)
     pattern = _backup_name(live)
-    found = sorted(
-        (m["stamp"], name) for name in await host.listdir(directory) if (m := pattern.match(name))
-    )
+    if names is None:
+        names = await host.listdir(directory)
+    every = set(names) | {posixpath.basename(a) for a in added}
+    found = sorted((m["stamp"], name) for name in every if (m := pattern.match(name)))
     doomed = [posixpath.join(directory, name) for _, name in found[: max(len(found) - keep, 0)]]
-    for path in doomed:
-        await host.remove(path)
+    await _remove_all(host, doomed)
     return doomed
 
 
-async def prune_journals(host: RemoteHost, keep: int) -> list[str]:
+async def prune_journals(host: RemoteHost, keep: int, names: list[str] | None = None) -> list[str]:
     """Remove done records beyond the newest ``keep``. Running journals are never removed:
-    they are how a cut-off change gets finished."""
+    they are how a cut-off change gets finished. ``names`` as for :func:`prune_backups`."""
     directory = journal_dir(host)
+    if names is None:
+        names = await host.listdir(directory)
     found = sorted(
         (m["stamp"], name)
-        for name in await host.listdir(directory)
+        for name in names
         if (m := _RECORD_NAME.match(name)) and m["prefix"] == DONE_PREFIX
     )
     doomed = [posixpath.join(directory, name) for _, name in found[: max(len(found) - keep, 0)]]
-    for path in doomed:
-        await host.remove(path)
+    await _remove_all(host, doomed)
     return doomed
+
+
+async def _remove_all(host: RemoteHost, paths: Sequence[str]) -> None:
+    """Remove ``paths`` at once (distinct files); all finish before the first error is raised."""
+    for result in await asyncio.gather(*(host.remove(p) for p in paths), return_exceptions=True):
+        if isinstance(result, BaseException):
+            raise result

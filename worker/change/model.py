@@ -35,6 +35,7 @@ class FileChange:
     before: bytes | None
     after: bytes | None
     state: FileState = "old"
+    linked: bool = False  # this run made the backup
 
     def record(self) -> FileRecord:
         return FileRecord(

@@ -36,6 +36,7 @@ from worker.change.journal import (
     Step,
     check_path,
     find_journal,
+    list_journal_dir,
     restore_path,
 )
 from worker.change.model import FileChange, ServerChange, changed_only
@@ -59,10 +60,21 @@ class Resumed:
     warnings: list[str] = field(default_factory=list)
 
 
-async def find_previous(fleet: Fleet, names: Sequence[str], request_id: str) -> dict[str, Journal]:
-    """This request's journals on the named servers (those that have one)."""
+async def find_previous(
+    fleet: Fleet,
+    names: Sequence[str],
+    request_id: str,
+    listings: dict[str, list[str]] | None = None,
+) -> dict[str, Journal]:
+    """This request's journals on the named servers (those that have one). The journal
+    directories listed on the way are stored in ``listings`` (server name -> names), so the
+    caller's next questions about them cost no second listing."""
     hosts = [fleet.host(n) for n in names]
-    found = await asyncio.gather(*(find_journal(h, request_id) for h in hosts))
+
+    async def find(host: RemoteHost) -> Journal | None:
+        return await find_journal(host, request_id, await list_journal_dir(host, listings))
+
+    found = await asyncio.gather(*(find(h) for h in hosts))
     return {n: j for n, j in zip(names, found, strict=True) if j is not None}
 
 
