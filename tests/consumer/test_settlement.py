@@ -12,6 +12,7 @@ from tests.consumer.support import MODIFY, MODIFY_ID, modify
 from worker.consumer.app import Settlement, build_event, decide, run_handler
 from worker.consumer.events import (
     EVENT_CONTENT_TYPE,
+    EventPublisher,
     decode_event,
     encode_event,
     event_message,
@@ -19,7 +20,7 @@ from worker.consumer.events import (
 )
 from worker.consumer.intake import read_delivery
 from worker.errors import Ambiguous, PeerNotFound, Unreachable
-from worker.messages import ModifyRequest, Outcome, RemoveRequest, ResultData
+from worker.messages import ModifyRequest, Outcome, RemoveRequest, ResultData, ResultEvent
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(10)
@@ -116,3 +117,41 @@ def test_the_event_wire_format_is_structured_cloudevents_without_null_attributes
         EVENT_CONTENT_TYPE,
     )
     assert message.type == "net.dhcp.failover.modify.rejected"
+
+
+class _GatedExchange:
+    """Stands in for an aio-pika exchange: ``publish`` returns (is confirmed) once ``gate`` is
+    set; records each publication as it is sent."""
+
+    def __init__(self, name: str, sent: list[str], gate: asyncio.Event) -> None:
+        self.name, self.sent, self.gate = name, sent, gate
+
+    async def publish(self, message: object, routing_key: str, *, mandatory: bool) -> None:
+        self.sent.append(routing_key)
+        await self.gate.wait()
+
+
+def _an_event() -> ResultEvent:
+    delivery = read_delivery(
+        json.dumps(modify()).encode(), message_id=None, routing_key=None, correlation_id=None
+    )
+    data = ResultData(requestId=MODIFY_ID, command=None, outcome=Outcome.succeeded, error=None)
+    return build_event(delivery, data, Settings(event_source="urn:x"))
+
+
+async def test_the_event_and_the_reply_are_published_at_once_and_both_confirmed() -> None:
+    sent: list[str] = []
+    events_confirmed, reply_confirmed = asyncio.Event(), asyncio.Event()
+    events = _GatedExchange("events", sent, events_confirmed)
+    default = _GatedExchange("", sent, reply_confirmed)
+    publisher = EventPublisher(events, default, timeout=5)  # type: ignore[arg-type]
+    task = asyncio.create_task(publisher.publish(_an_event(), reply_to="reply-q"))
+
+    await asyncio.sleep(0.05)
+    assert sent == ["event.modify.succeeded", "reply-q"]  # the reply did not wait
+    reply_confirmed.set()
+    await asyncio.sleep(0.05)
+    assert not task.done()  # returns only once both are confirmed
+    events_confirmed.set()
+    await asyncio.wait_for(task, 5)
+

@@ -78,16 +78,26 @@ class EventPublisher:
         reply_to: str | None = None,
         correlation_id: str | None = None,
     ) -> None:
-        """Publish to the event exchange, then to ``reply_to``; return once both are confirmed.
+        """Publish to the event exchange and to ``reply_to`` at once; return once both are
+        confirmed (their confirms are independent, so waiting for one before sending the other
+        would only add a broker round trip). If either is not confirmed, both have finished
+        when :class:`PublishFailed` is raised.
 
         ``correlation_id`` is the AMQP property on both messages (the caller's own id for an
         RPC reply). Publications are not ``mandatory``: an event nobody has subscribed to yet,
         or a reply whose caller has gone away, is not a reason to process the request again.
         """
         message = event_message(event, correlation_id=correlation_id)
-        await self._confirmed(self._events, message, event_routing_key(event))
+        publications = [self._confirmed(self._events, message, event_routing_key(event))]
         if reply_to:
-            await self._confirmed(self._default, message, reply_to)
+            publications.append(self._confirmed(self._default, message, reply_to))
+        results = await asyncio.gather(*publications, return_exceptions=True)
+        for result in results:  # a cancellation of this task first, then the first failure
+            if isinstance(result, BaseException) and not isinstance(result, Exception):
+                raise result
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
 
     async def _confirmed(
         self, exchange: AbstractExchange, message: aio_pika.Message, key: str
