@@ -121,6 +121,18 @@ async def test_read_returns_the_live_bytes(harness: Harness) -> None:
     assert await harness.host.read(harness.host.config_path) == CONF
 
 
+async def test_read_returns_empty_and_multi_block_files_whole(harness: Harness) -> None:
+    """A read asks for one block and takes a shorter answer as the end: an empty file, one
+    of exactly a block and one of several blocks all come back whole."""
+    empty, big = _beside(harness, "empty.conf"), _beside(harness, "big.conf")
+    await harness.host.write(empty, b"")
+    assert await harness.host.read(empty) == b""
+    for size in (256 * 1024, 1024 * 1024 + 17):
+        data = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+        await harness.host.write(big, data)
+        assert await harness.host.read(big) == data
+
+
 async def test_read_of_a_missing_file_returns_none(harness: Harness) -> None:
     assert await harness.host.read(_beside(harness, "nope.conf")) is None
 

@@ -399,10 +399,18 @@ class SshHost:
 
     async def read(self, path: str) -> bytes | None:
         async def op(sftp: asyncssh.SFTPClient) -> bytes | None:
+            # No fstat for the size: one read of the most the server sends at once. SFTP
+            # guarantees a disk file's read returns the length asked for or up to its end,
+            # so a shorter answer is the end: open, read, close (a longer file reads on).
+            block = max(sftp.limits.max_read_len, 1)
             try:
-                async with sftp.open(path, "rb") as f:
-                    data: bytes = await f.read()
-                    return data
+                async with sftp.open(path, "rb", block_size=0) as f:
+                    chunks: list[bytes] = []
+                    while True:
+                        chunk: bytes = await f.read(block)
+                        chunks.append(chunk)
+                        if len(chunk) < block:
+                            return b"".join(chunks)
             except asyncssh.SFTPNoSuchFile:
                 return None
 
