@@ -124,7 +124,10 @@ class _FakeLock:
     async def __aenter__(self) -> None:
         self.host._check()
         try:
-            await asyncio.wait_for(self.host._lock.acquire(), self.timeout)
+            if self.timeout <= 0 and not self.host._lock.locked():  # a try, like flock -w 0
+                await self.host._lock.acquire()
+            else:
+                await asyncio.wait_for(self.host._lock.acquire(), self.timeout)
         except TimeoutError:
             raise LockTimeout(
                 f"{self.host.name}: change lock not obtained in {self.timeout}s",

@@ -397,6 +397,47 @@ async def test_two_changes_to_one_pair_at_once_never_interleave(world: World) ->
     assert winner_wrote == (first.outcome is Outcome.succeeded)
 
 
+async def test_a_lock_taken_out_of_order_is_released_while_waiting(world: World) -> None:
+    # The locks are tried at once; a change that finds the first one (in name order) busy
+    # must not keep the second while it waits: a holder of the first that then wants the
+    # second would deadlock with it.
+    async with world.primary.lock(1):
+        change = asyncio.ensure_future(
+            execute(remove_request(server=SECONDARY), "req-remove-1", world.fleet)
+        )
+        for _ in range(50):
+            await asyncio.sleep(0.005)
+        assert world.locked() == [PRIMARY]  # only ours: the change let the secondary go
+        async with world.secondary.lock(0.5):
+            pass
+    result = await change
+
+    assert result.outcome is Outcome.succeeded
+    assert world.locked() == []
+
+
+async def test_changes_on_one_pair_in_opposite_roles_at_once_all_finish(world: World) -> None:
+    # Locks tried at once, the ordered wait only when one is busy: never a deadlock, whoever
+    # anchors the change on which server (commit orders differ), however many run at once.
+    options = ChangeOptions(lock_timeout=5)
+    requests = [
+        (modify_request("req-a", Mclt=1800), "req-a"),
+        (remove_request("req-b", server=SECONDARY), "req-b"),
+        (remove_request("req-c", server=PRIMARY), "req-c"),
+        (modify_request("req-d", Mclt=1200), "req-d"),
+    ]
+    results = await asyncio.wait_for(
+        asyncio.gather(*(execute(r, rid, world.fleet, options) for r, rid in requests)), 10
+    )
+
+    for result in results:
+        assert result.outcome in (Outcome.succeeded, Outcome.failed), result
+        if result.outcome is Outcome.failed:
+            assert result.error is not None and result.error.code == "concurrent_change"
+    assert any(r.outcome is Outcome.succeeded for r in results)
+    assert world.locked() == []
+
+
 async def test_unreachable_server_fails_in_plan(world: World) -> None:
     world.secondary.unreachable = True
 

@@ -373,6 +373,46 @@ async def test_lock_held_by_another_change_fails_after_a_bounded_wait(env: Env) 
         await other.close()
 
 
+async def test_two_workers_changing_the_pair_in_opposite_roles_at_once_both_finish(
+    env: Env,
+) -> None:
+    # Each worker tries both locks at once; whichever finds one busy waits in name order
+    # (never holding a later lock while it waits for an earlier one): no deadlock.
+    other = await other_worker(env)
+    options = ChangeOptions(lock_timeout=10)
+    outcomes: list[list[tuple[Outcome, str | None]]] = []
+    try:
+        for round_ in range(3):
+            results = await asyncio.wait_for(
+                asyncio.gather(
+                    execute(
+                        modify_request(f"m-{round_}", Mclt=1800 + round_),
+                        f"m-{round_}",
+                        env.fleet,
+                        options,
+                    ),
+                    execute(
+                        remove_request(f"r-{round_}", server=SECONDARY),
+                        f"r-{round_}",
+                        other,
+                        options,
+                    ),
+                ),
+                30,
+            )
+            outcomes.append([(r.outcome, r.error.code if r.error else None) for r in results])
+            for result in results:  # the loser planned on files the winner changed
+                assert result.outcome is not Outcome.failed or (
+                    result.error is not None and result.error.code == "concurrent_change"
+                ), result.error
+                assert result.outcome in (Outcome.succeeded, Outcome.failed, Outcome.rejected)
+        assert Outcome.succeeded in [o for round_ in outcomes for o, _ in round_], outcomes
+        async with other.host(PRIMARY).lock(1), other.host(SECONDARY).lock(1):
+            pass  # every lock was released
+    finally:
+        await other.close()
+
+
 async def test_config_changed_between_plan_and_commit_is_not_overwritten(env: Env) -> None:
     edited = SECONDARY_CONF.encode() + b"# edited by hand\n"
     env.probe(SECONDARY).on_lock = lambda: env.secondary.config_path.write_bytes(edited)
