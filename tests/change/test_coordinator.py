@@ -132,6 +132,52 @@ async def test_a_change_lists_each_config_directory_once_before_and_once_under_t
         assert listed.count((host.name, "/etc/dhcp")) == 2, listed
 
 
+async def test_the_plan_reads_start_while_the_journal_directories_are_listed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    read_while_listing: list[str] = []
+    for host in world.hosts.values():
+
+        async def listdir(directory: str, host: KnobHost = host) -> list[str]:
+            if not gate.is_set():  # the first listing waits until both configs were read
+                await asyncio.wait_for(gate.wait(), 2)
+            return await KnobHost.listdir(host, directory)
+
+        async def read(path: str, host: KnobHost = host) -> bytes | None:
+            if path == host.config_path and not gate.is_set():
+                read_while_listing.append(host.name)
+                if len(read_while_listing) == 2:
+                    gate.set()
+            return await KnobHost.read(host, path)
+
+        monkeypatch.setattr(host, "listdir", listdir)
+        monkeypatch.setattr(host, "read", read)
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert sorted(read_while_listing) == [PRIMARY, SECONDARY]
+
+
+async def test_a_recorded_outcome_drops_the_reads_started_ahead_of_the_plan(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first = await execute(modify_request(), "req-modify-1", world.fleet)
+    host = world.primary
+
+    async def read(path: str) -> bytes | None:
+        if path == host.config_path:
+            await asyncio.sleep(0.05)
+            raise OSError("the plan's read, not needed: never reported")
+        return await KnobHost.read(host, path)
+
+    monkeypatch.setattr(host, "read", read)
+    again = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert without_durations(again) == without_durations(first)
+
+
 async def test_locks_are_taken_in_name_order_whatever_the_commit_order(world: World) -> None:
     # Remove anchored on the secondary commits dhcp2 first, but locks dhcp1 first.
     result = await execute(remove_request(server=SECONDARY), "req-remove-1", world.fleet)

@@ -148,7 +148,12 @@ async def execute(
         try:
             _check_request_id(request_id)
             if not request.dry_run:
-                previous = await _resume_previous(run, fleet)
+                _prefetch(run, fleet)  # the plan's reads travel with the journal lookup's
+                try:
+                    previous = await _resume_previous(run, fleet)
+                except BaseException:
+                    run.drop_prefetched()
+                    raise
                 if previous is not None:
                     return run.done(previous)
             changes, warnings = await _plan(run, fleet)
@@ -374,13 +379,27 @@ async def _snapshots(hosts: dict[str, RemoteHost], run: _Run) -> dict[str, Snaps
     listing the journal lookup just took, if it took one)."""
 
     async def read(host: RemoteHost) -> Snapshot:
+        reading = run.prefetched.pop(host.name, None) or read_snapshot(host)
         snapshot, _ = await asyncio.gather(
-            read_snapshot(host), _refuse_if_unfinished(host, run.request_id, run.listings)
+            reading, _refuse_if_unfinished(host, run.request_id, run.listings)
         )
         return snapshot
 
     snaps = await asyncio.gather(*(read(h) for h in hosts.values()))
     return dict(zip(hosts, snaps, strict=True))
+
+
+def _prefetch(run: _Run, fleet: Fleet) -> None:
+    """Start reading the anchors' live trees while their journal directories are listed:
+    read-only, so harmless when the lookup ends the request instead (they are dropped then).
+    Whether another change is unfinished there is still checked before the plan uses them,
+    and under the locks the live bytes are compared with them again."""
+    for name in _anchors(run.request):
+        try:
+            host = fleet.host(name)
+        except Exception:
+            return  # the plan says why, as it would have
+        run.prefetched[name] = asyncio.ensure_future(read_snapshot(host))
 
 
 async def _refuse_if_unfinished(
@@ -618,6 +637,8 @@ class _Run:
     listings: dict[str, list[str]] = field(default_factory=dict)
     #: ...and under them: true until they are released, but for this change's own files.
     locked: dict[str, list[str]] = field(default_factory=dict)
+    #: Live trees being read ahead of the plan (server name -> read).
+    prefetched: dict[str, asyncio.Future[Snapshot]] = field(default_factory=dict)
 
     def result(
         self,
@@ -638,11 +659,19 @@ class _Run:
             durationMs=self.elapsed_ms(),
         )
 
+    def drop_prefetched(self) -> None:
+        """Cancel the reads ahead the plan never used."""
+        for reading in self.prefetched.values():
+            reading.cancel()
+            reading.add_done_callback(_retrieve)
+        self.prefetched.clear()
+
     def elapsed_ms(self) -> int:
         return round((time.monotonic() - self.started) * 1000)
 
     def done(self, result: ResultData) -> ResultData:
         """The end of :func:`execute`: one log line an operator can search for."""
+        self.drop_prefetched()
         result = result.model_copy(update={"durationMs": self.elapsed_ms()})
         error = result.error
         log.log(
@@ -671,6 +700,12 @@ async def _all_of(steps: Sequence[Awaitable[Any]]) -> None:
     for r in results:
         if isinstance(r, BaseException):
             raise r
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark a dropped read's outcome as seen (it was not needed)."""
+    if not future.cancelled():
+        future.exception()
 
 
 async def run_to_end(coro: Coroutine[Any, Any, T]) -> T:
