@@ -160,6 +160,36 @@ async def test_the_plan_reads_start_while_the_journal_directories_are_listed(
     assert sorted(read_while_listing) == [PRIMARY, SECONDARY]
 
 
+async def test_the_recheck_reads_start_while_the_locked_directories_are_listed(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gate = asyncio.Event()
+    listings = {name: 0 for name in world.hosts}
+    reads = {name: 0 for name in world.hosts}
+    for host in world.hosts.values():
+
+        async def listdir(directory: str, host: KnobHost = host) -> list[str]:
+            listings[host.name] += 1
+            if listings[host.name] == 2:  # under the lock: wait for the second reads
+                await asyncio.wait_for(gate.wait(), 2)
+            return await KnobHost.listdir(host, directory)
+
+        async def read(path: str, host: KnobHost = host) -> bytes | None:
+            if path == host.config_path:
+                reads[host.name] += 1
+                if all(n >= 2 for n in reads.values()):
+                    gate.set()
+            return await KnobHost.read(host, path)
+
+        monkeypatch.setattr(host, "listdir", listdir)
+        monkeypatch.setattr(host, "read", read)
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert reads == {name: 2 for name in world.hosts}  # plan, recheck: each once
+
+
 async def test_a_recorded_outcome_drops_the_reads_started_ahead_of_the_plan(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -172,12 +172,16 @@ async def execute(
             return run.done(run.result(Outcome.succeeded, changes, None, warnings))
         try:
             async with hold_locks([c.host for c in changes], options.lock_timeout):
-                if not request.dry_run and (previous := await _replay(run, fleet)) is not None:
-                    return run.done(previous)
+                if not request.dry_run:
+                    _start_rechecks(run, changes)  # read-only: alongside the lookup's listing
+                    if (previous := await _replay(run, fleet)) is not None:
+                        return run.done(previous)
                 return run.done(await _prepare_and_commit(run, changes, warnings))
         except Exception as exc:  # only taking a lock or reading a journal can raise here
             error = as_worker_error(exc, Phase.prepare)
             return run.done(run.result(Outcome.failed, changes, error, warnings))
+        finally:
+            run.drop_prefetched()  # a cancel: reads ahead nobody will use
 
 
 async def _prepare_and_commit(
@@ -446,7 +450,7 @@ async def _prepare_server(run: _Run, change: ServerChange, journal: Journal | No
     with change.timed():
         await _refuse_if_unfinished(host, run.request_id, run.locked)  # again, under the lock
         outcomes = await asyncio.gather(
-            _recheck(change, snapshot),
+            _recheck(run, change, snapshot),
             _stage_and_validate(run, change),
             _save_new_journal(change, journal),
             return_exceptions=True,
@@ -459,10 +463,23 @@ async def _prepare_server(run: _Run, change: ServerChange, journal: Journal | No
             raise errors[0]
 
 
-async def _recheck(change: ServerChange, snapshot: Snapshot) -> None:
+def _start_rechecks(run: _Run, changes: Sequence[ServerChange]) -> None:
+    """Under the locks, start reading the live files again while the journal directories
+    are listed (read-only; :func:`_recheck` compares them, once nothing is unfinished)."""
+    for change in changes:
+        if change.snapshot is not None:
+            run.rereads[change.name] = asyncio.ensure_future(_read_live(change, change.snapshot))
+
+
+async def _read_live(change: ServerChange, snapshot: Snapshot) -> list[bytes | None]:
+    return list(await asyncio.gather(*(change.host.read(path) for path in snapshot.raw)))
+
+
+async def _recheck(run: _Run, change: ServerChange, snapshot: Snapshot) -> None:
     """The live files still hold the bytes the plan was computed from."""
     paths = list(snapshot.raw)
-    lives = await asyncio.gather(*(change.host.read(path) for path in paths))
+    reread = run.rereads.pop(change.name, None)
+    lives = await (reread if reread is not None else _read_live(change, snapshot))
     for path, live in zip(paths, lives, strict=True):
         planned = snapshot.raw[path]
         if live != planned:
@@ -637,8 +654,10 @@ class _Run:
     listings: dict[str, list[str]] = field(default_factory=dict)
     #: ...and under them: true until they are released, but for this change's own files.
     locked: dict[str, list[str]] = field(default_factory=dict)
-    #: Live trees being read ahead of the plan (server name -> read).
+    #: Live trees being read ahead of the plan (server name -> read)...
     prefetched: dict[str, asyncio.Future[Snapshot]] = field(default_factory=dict)
+    #: ...and the live files read again under the locks, ahead of the recheck.
+    rereads: dict[str, asyncio.Future[list[bytes | None]]] = field(default_factory=dict)
 
     def result(
         self,
@@ -660,11 +679,13 @@ class _Run:
         )
 
     def drop_prefetched(self) -> None:
-        """Cancel the reads ahead the plan never used."""
-        for reading in self.prefetched.values():
+        """Cancel the reads ahead the plan or the recheck never used."""
+        readings: list[asyncio.Future[Any]] = [*self.prefetched.values(), *self.rereads.values()]
+        for reading in readings:
             reading.cancel()
             reading.add_done_callback(_retrieve)
         self.prefetched.clear()
+        self.rereads.clear()
 
     def elapsed_ms(self) -> int:
         return round((time.monotonic() - self.started) * 1000)
