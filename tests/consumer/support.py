@@ -13,7 +13,7 @@ from typing import Any
 
 import aio_pika
 import jsonschema  # type: ignore[import-untyped]
-from aio_pika.abc import AbstractConnection, AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_structured_event
 
 from tests.examples import MODIFY as MODIFY  # re-exported for the consumer tests
@@ -219,6 +219,19 @@ async def get_one(
             await asyncio.sleep(0.05)
     finally:
         await channel.close()
+
+
+async def take_unacked(
+    channel: AbstractChannel, name: str, within: float = 5.0
+) -> AbstractIncomingMessage:
+    """The next message of a queue, left unacked on ``channel`` (the test settles it)."""
+    queue = await channel.declare_queue(name, passive=True)
+    deadline = asyncio.get_running_loop().time() + within
+    while (message := await queue.get(fail=False)) is None:
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"nothing arrived in {name} within {within} s")
+        await asyncio.sleep(0.05)
+    return message
 
 
 @dataclass

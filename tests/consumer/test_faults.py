@@ -24,6 +24,7 @@ from tests.consumer.support import (
     get_one,
     publish_raw,
     running_worker,
+    take_unacked,
     x_death,
 )
 from worker.consumer.app import Settlement, settle
@@ -137,13 +138,7 @@ async def test_settling_on_a_channel_that_died_is_reported_not_raised(
 ) -> None:
     await publish_raw(amqp, broker_settings, MODIFY)
     channel = await amqp.channel()
-    queue = await channel.declare_queue(broker_settings.request_queue, passive=True)
-    message = None
-    for _ in range(100):
-        if (message := await queue.get(fail=False)) is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert message is not None
+    message = await take_unacked(channel, broker_settings.request_queue)
     await channel.close()
 
     for settlement in Settlement:
@@ -172,13 +167,7 @@ async def test_settling_on_a_live_channel_does_what_the_settlement_says(
 ) -> None:
     await publish_raw(amqp, broker_settings, MODIFY)
     channel = await amqp.channel()
-    queue = await channel.declare_queue(broker_settings.request_queue, passive=True)
-    message = None
-    for _ in range(100):
-        if (message := await queue.get(fail=False)) is not None:
-            break
-        await asyncio.sleep(0.05)
-    assert message is not None
+    message = await take_unacked(channel, broker_settings.request_queue)
 
     assert await settle(message, settlement) is True
 
