@@ -18,6 +18,10 @@ alternating between two values so that each run really changes, validates and re
   command, as anyone would write it). **floor/sh** is the same script sending its commands
   to a ``/bin/sh`` started beforehand on each connection: what is left once the login shell's
   start-up files are not paid per command.
+  **floor/sh serial** commits one server after the other (rename, restart, verify; then the
+  next), as DESIGN's commit does so that a failover pair never has both peers restarting at
+  once and a failure on the first is undone before the second changes: the floor for a
+  change made the way this product must make it.
 * **broker**: the bare RabbitMQ request/result round trip on a warm connection: a persistent
   request to a quorum queue, a trivial consumer answering on ``reply_to`` with confirms.
 * **ansible**: ``ansible-playbook`` with ``replace`` (``validate:`` the hosts' ``dhcpd -t``
@@ -273,8 +277,11 @@ async def run_in_shell(host: FloorHost, command: str) -> int:
     return int(await host.shell.stdout.readline())
 
 
-async def floor_change(hosts: Sequence[FloorHost], mrd: int, run: Runner) -> None:
-    """Read both, write both candidates, validate both, then rename and restart on both."""
+async def floor_change(
+    hosts: Sequence[FloorHost], mrd: int, run: Runner, *, serial: bool = False
+) -> None:
+    """Read both, write both candidates, validate both, then rename and restart on both at
+    once (``serial``: one server after the other, as the worker's commit must)."""
 
     async def read(h: FloorHost) -> bytes:
         async with h.sftp.open(h.path, "rb") as f:
@@ -294,7 +301,11 @@ async def floor_change(hosts: Sequence[FloorHost], mrd: int, run: Runner) -> Non
     await asyncio.gather(*(stage(h, t) for h, t in zip(hosts, texts, strict=True)))
     if any(await asyncio.gather(*(run(h, h.validate) for h in hosts))):
         raise RuntimeError("floor: a candidate failed validation")
-    await asyncio.gather(*(commit(h) for h in hosts))
+    if serial:
+        for h in hosts:
+            await commit(h)
+    else:
+        await asyncio.gather(*(commit(h) for h in hosts))
 
 
 async def open_floor_hosts(hosts: LocalHosts) -> list[FloorHost]:
@@ -438,7 +449,7 @@ def ansible_runs(hosts: LocalHosts, workdir: Path, runs: int, first: int) -> Fig
 
 async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) -> list[Figures]:
     """Worker, floor, floor/sh and broker, in interleaved blocks; all warm."""
-    floor, floor_sh = Figures("floor"), Figures("floor/sh")
+    floor, floor_sh, serial = Figures("floor"), Figures("floor/sh"), Figures("floor/sh serial")
     async with contextlib.AsyncExitStack() as stack:  # closes whatever was started, in reverse
         log = stack.enter_context((workdir / "worker.log").open("w"))
         requester = Requester(args.amqp_url)
@@ -456,6 +467,7 @@ async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) ->
             await worker.change(40 + i % 2, record=False)
             await floor_change(floor_hosts, 50 + i % 2, run_exec)
             await floor_change(floor_hosts, 50 + i % 2, run_in_shell)
+            await floor_change(floor_hosts, 50 + i % 2, run_in_shell, serial=True)
             await broker.round_trip(record=False)
         block = 10
         for start in range(0, args.modifies, block):
@@ -470,10 +482,14 @@ async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) ->
                 started = time.perf_counter()
                 await floor_change(floor_hosts, 50 + i % 2, run_in_shell)
                 floor_sh.samples.append((time.perf_counter() - started) * 1000)
+            for i in range(start, start + count):
+                started = time.perf_counter()
+                await floor_change(floor_hosts, 50 + i % 2, run_in_shell, serial=True)
+                serial.samples.append((time.perf_counter() - started) * 1000)
             for _ in range(count * 4):
                 await broker.round_trip()
             print(f"  {start + count}/{args.modifies} rounds", flush=True)
-    return [worker.latency, worker.inside, floor, floor_sh, broker.figures]
+    return [worker.latency, worker.inside, floor, floor_sh, serial, broker.figures]
 
 
 def report(figures: dict[str, Figures], command: str) -> None:
@@ -482,6 +498,7 @@ def report(figures: dict[str, Figures], command: str) -> None:
         ("worker, change itself", "  of which the change (event durationMs)"),
         ("floor", "floor: asyncssh, conn.run per command"),
         ("floor/sh", "floor/sh: asyncssh, commands to a started sh"),
+        ("floor/sh serial", "floor/sh serial: commit one server, then the other"),
         ("broker", "broker: request/reply round trip"),
         ("ansible", "ansible-playbook (pipelining, ControlPersist)"),
     ]
@@ -495,6 +512,8 @@ def report(figures: dict[str, Figures], command: str) -> None:
     print("\nratios (medians)")
     print(f"  worker / (floor + broker)     {worker / (floor + broker):7.2f}   target <= 1.3")
     print(f"  worker / (floor/sh + broker)  {worker / (floor_sh + broker):7.2f}")
+    serial = figures["floor/sh serial"].median
+    print(f"  worker / (floor/sh serial + broker) {worker / (serial + broker):5.2f}")
     if "ansible" in figures:
         ansible = figures["ansible"].median
         print(f"  ansible / worker              {ansible / worker:7.1f}x  target >= 50x")

@@ -9,7 +9,7 @@ import asyncio
 
 import structlog
 
-from worker.change.coordinator import ChangeOptions, execute
+from worker.change.coordinator import Announce, ChangeOptions, execute
 from worker.consumer.app import run_worker
 from worker.logging import configure_logging
 from worker.messages import ModifyRequest, RemoveRequest, ResultData
@@ -31,8 +31,10 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         journal_retention=settings.journal_retention,
     )
 
-    async def handler(request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:
-        return await execute(request, request_id, fleet, options)
+    async def handler(
+        request: ModifyRequest | RemoveRequest, request_id: str, announce: Announce
+    ) -> ResultData:
+        return await execute(request, request_id, fleet, options, announce)
 
     log.info(
         "worker starting", servers=sorted(inventory.servers), inventory=str(settings.inventory)

@@ -1057,3 +1057,131 @@ async def test_an_operator_can_follow_a_change_in_the_logs(world: World) -> None
     assert steps[0] == ("change.start", None)
     end = logs[-1]
     assert end["event"] == "change.end" and end["outcome"] == "succeeded"
+
+
+# -- announce: the outcome told before the clean-up ---------------------------------------------
+
+
+class Announcements:
+    """An ``announce`` callback that notes each outcome and what had happened by then."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.results: list[Any] = []
+        self.seen: list[list[tuple[str, ...]]] = []
+
+    def __call__(self, result: Any) -> None:
+        self.results.append(result)
+        self.seen.append(list(self.world.timeline))
+
+
+def done_writes(ops: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return [op for op in ops if op[1] == "write" and "/.dhcp-failover-done." in op[2]]
+
+
+@pytest.mark.parametrize("restart_failures", [0, 1], ids=["succeeded", "rolled_back"])
+async def test_the_outcome_is_announced_once_before_cleanup_and_then_recorded(
+    world: World, restart_failures: int
+) -> None:
+    world.secondary.restart_failures = restart_failures
+    announced = Announcements(world)
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet, announce=announced)
+
+    (told,) = announced.results
+    assert without_durations(told) == without_durations(result)
+    assert told.outcome in (Outcome.succeeded, Outcome.rolled_back)
+    (before,) = announced.seen
+    restarts = [(n, *op) for n, *op in world.timeline if op == ["restart"]]
+    assert [(n, *op) for n, *op in before if op == ["restart"]] == restarts  # final state...
+    assert done_writes(before) == [] and ("unlock",) not in [tuple(o) for _, *o in before]
+    assert len(done_writes(world.timeline)) == 2  # ...then recorded on both
+    assert world.locked() == []
+    again = await execute(modify_request(), "req-modify-1", world.fleet, announce=announced)
+    assert len(announced.results) == 1  # a replay is returned, not announced
+    assert without_durations(again) == without_durations(told)
+
+
+async def test_nothing_is_announced_for_outcomes_reached_before_the_commit(
+    world: World,
+) -> None:
+    announced = Announcements(world)
+    world.secondary.validator = refuse_with_dhcpd_error
+    refused = await execute(modify_request(), "req-1", world.fleet, announce=announced)
+    world.secondary.validator = world.primary.validator
+
+    dry = await execute(modify_request(dry_run=True), "req-2", world.fleet, announce=announced)
+    rejected = await execute(
+        modify_request(Name="no-such-peer", Mclt=1800), "req-3", world.fleet, announce=announced
+    )
+
+    assert [r.outcome for r in (refused, dry, rejected)] == [
+        Outcome.failed,
+        Outcome.succeeded,
+        Outcome.rejected,
+    ]
+    assert announced.results == []
+
+
+async def test_a_failing_announce_callback_does_not_change_the_change(world: World) -> None:
+    def broken(result: Any) -> None:
+        raise RuntimeError("publisher bug")
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet, announce=broken)
+
+    assert result.outcome is Outcome.succeeded
+    assert world.secondary.config == SECONDARY_AFTER.encode()
+    assert len(done_writes(world.timeline)) == 2
+
+
+async def test_a_request_arriving_while_the_last_change_finishes_waits_for_it(
+    world: World,
+) -> None:
+    # The publisher got the first change's event (announced) and sends the next request at
+    # once, while the first still holds the locks to record its outcome: the next one must
+    # wait for them, not take the first's journal for a cut-off change.
+    recording = asyncio.Event()
+    write = world.secondary.write
+
+    async def slow_done_record(path: str, data: bytes, *, like: str | None = None) -> None:
+        if "-done." in path:
+            await recording.wait()
+        await write(path, data, like=like)
+
+    world.secondary.write = slow_done_record  # type: ignore[method-assign]
+    nexts: list[asyncio.Task[Any]] = []
+
+    def publish_and_get_the_next_request(result: Any) -> None:
+        request = modify_request("req-next", Mclt=900)
+        nexts.append(asyncio.ensure_future(execute(request, "req-next", world.fleet)))
+
+    announce = publish_and_get_the_next_request
+    first = asyncio.ensure_future(
+        execute(modify_request(), "req-first", world.fleet, announce=announce)
+    )
+    for _ in range(200):
+        await asyncio.sleep(0.001)
+    assert len(nexts) == 1 and not nexts[0].done()  # waiting for the first one's locks
+    recording.set()
+    results = await asyncio.gather(first, *nexts)
+
+    assert [r.outcome for r in results] == [Outcome.succeeded, Outcome.succeeded]
+    assert b"mclt 900;" in world.primary.config
+    assert world.locked() == []
+
+
+async def test_a_request_needing_nothing_while_a_cut_off_change_is_unfinished_fails(
+    world: World,
+) -> None:
+    # The same settings as the cut-off change: nothing to write, but the pair is half
+    # changed and that change's redelivery may still undo it, so it is not "succeeded".
+    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    world.secondary.crash_at = lambda op: False
+    world.secondary.files[world.secondary.config_path] = SECONDARY_AFTER.encode()
+
+    other = await execute(modify_request("req-other"), "req-other", world.fleet)
+
+    assert other.outcome is Outcome.failed
+    assert other.error is not None and other.error.code == "unfinished_change"

@@ -73,6 +73,8 @@ class StubHandler:
 
     ``behaviour`` replaces the default result (it may raise, or return another outcome).
     ``started`` is set when a call begins; ``running`` / ``peak`` count concurrent calls.
+    With ``finish_gate``, the result is announced first (as the coordinator does once the
+    servers are final) and returned only when the gate opens (its clean-up done).
     """
 
     delay: float = 0.0
@@ -82,8 +84,14 @@ class StubHandler:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     running: int = 0
     peak: int = 0
+    finish_gate: asyncio.Event | None = None
 
-    async def __call__(self, request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:
+    async def __call__(
+        self,
+        request: ModifyRequest | RemoveRequest,
+        request_id: str,
+        announce: Callable[[ResultData], None],
+    ) -> ResultData:
         self.calls.append((request, request_id))
         self.running += 1
         self.peak = max(self.peak, self.running)
@@ -93,7 +101,7 @@ class StubHandler:
                 await asyncio.sleep(self.delay)
             if self.behaviour is not None:
                 return await self.behaviour(request, request_id)
-            return ResultData(
+            result = ResultData(
                 requestId=request_id,
                 command=request.command,
                 outcome=Outcome.succeeded,
@@ -101,6 +109,10 @@ class StubHandler:
                 servers=servers_for(request),
                 durationMs=412,
             )
+            if self.finish_gate is not None:
+                announce(result)
+                await self.finish_gate.wait()
+            return result
         finally:
             self.running -= 1
             self.finished.append(request_id)

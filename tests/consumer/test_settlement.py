@@ -54,7 +54,9 @@ def test_decide_acks_only_what_was_answered_and_confirmed(
 async def test_an_exception_from_the_handler_becomes_a_result_and_never_escapes(
     error: Exception, outcome: Outcome, code: str
 ) -> None:
-    async def handler(request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:
+    async def handler(
+        request: ModifyRequest | RemoveRequest, request_id: str, announce: object
+    ) -> ResultData:
         raise error
 
     delivery = read_delivery(
@@ -74,7 +76,9 @@ async def test_an_exception_from_the_handler_becomes_a_result_and_never_escapes(
 
 
 async def test_a_cancelled_handler_is_not_turned_into_a_result() -> None:
-    async def handler(request: ModifyRequest | RemoveRequest, request_id: str) -> ResultData:
+    async def handler(
+        request: ModifyRequest | RemoveRequest, request_id: str, announce: object
+    ) -> ResultData:
         await asyncio.sleep(10)
         raise AssertionError("unreachable")
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from aio_pika.abc import AbstractConnection
+from aio_pika.abc import AbstractConnection, AbstractIncomingMessage
 
 from tests.consumer.support import (
     MODIFY,
@@ -20,6 +21,7 @@ from tests.consumer.support import (
     publish_raw,
     running_worker,
 )
+from worker.consumer import app
 from worker.errors import LockTimeout, UnknownServer
 from worker.messages import ModifyRequest, Outcome, RemoveRequest, ResultData
 from worker.settings import Settings
@@ -225,3 +227,36 @@ async def test_reply_to_is_answered_with_the_requests_correlation_id(
     # The CloudEvents correlationid stays the request id, as in CONTRACT §3.
     assert published.event.correlationid == MODIFY_ID
     await channel.close()
+
+
+async def test_an_announced_outcome_is_published_at_once_and_acked_after_the_handler_ends(
+    amqp: AbstractConnection,
+    broker_settings: Settings,
+    tap: EventTap,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The coordinator announces the outcome once the servers are final, then cleans up and
+    # records it: the event must not wait for that, the ack must.
+    order: list[str] = []
+    real_settle = app.settle
+
+    async def settle(message: AbstractIncomingMessage, settlement: app.Settlement) -> bool:
+        order.append(f"settle {settlement.value}")
+        return await real_settle(message, settlement)
+
+    monkeypatch.setattr(app, "settle", settle)
+    gate = asyncio.Event()
+    handler = StubHandler(finish_gate=gate)
+    await publish_raw(amqp, broker_settings, MODIFY, "request.modify")
+    async with running_worker(amqp, broker_settings, handler):
+        checked = await tap.next_checked()  # while the handler is still finishing
+        order.append("event")
+        assert handler.finished == [] and checked.event.data.outcome is Outcome.succeeded
+        await asyncio.sleep(0.2)
+        assert order == ["event"]  # not acked yet
+        gate.set()
+        await assert_depth(amqp, broker_settings.request_queue, 0)
+        await tap.assert_quiet(0.3)  # one event, not a second one on return
+
+    assert order == ["event", "settle ack"]
+    assert handler.finished == [MODIFY_ID]

@@ -6,7 +6,9 @@ the consumer and coordinator tests' own helpers are imported, not copied.
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import fcntl
 import json
 import os
 import shlex
@@ -72,6 +74,25 @@ def expected_diff(path: Path, before: bytes, after: bytes) -> str:
 
 def config_dir_listing(host: LocalHost) -> set[str]:
     return set(os.listdir(host.config_dir))
+
+
+async def change_ended(*hosts: LocalHost, within: float = 10.0) -> None:
+    """Wait until no change holds the hosts' change locks. The worker publishes an outcome
+    as soon as the servers are final and only then cleans up and records it (under the
+    locks): what it leaves beside the live files is final once it lets go of them."""
+    deadline = asyncio.get_running_loop().time() + within
+    for host in hosts:
+        with host.lock_path.open("a") as f:
+            while True:
+                try:
+                    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    if asyncio.get_running_loop().time() > deadline:
+                        raise AssertionError(f"{host.name}'s change lock still held") from None
+                    await asyncio.sleep(0.01)
+                    continue
+                fcntl.flock(f, fcntl.LOCK_UN)
+                break
 
 
 def change_files(host: LocalHost) -> dict[str, list[str]]:

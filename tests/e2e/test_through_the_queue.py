@@ -30,6 +30,7 @@ from tests.e2e.conftest import ServeOn, Stack
 from tests.e2e.support import (
     assert_untouched,
     bind_event_queue,
+    change_ended,
     change_files,
     config_dir_listing,
     expected_diff,
@@ -130,6 +131,7 @@ async def test_a_modify_through_the_queue_changes_both_hosts_and_answers_with_a_
     assert stack.primary.restarts() == [Restart("ok", sha(PRIMARY_AFTER))]
     assert stack.secondary.restarts() == [Restart("ok", sha(SECONDARY_AFTER))]
     assert restart_order(order) == [PRIMARY, SECONDARY]
+    await change_ended(stack.primary, stack.secondary)
     for host, old in ((stack.primary, PRIMARY_CONF), (stack.secondary, SECONDARY_CONF)):
         files = change_files(host)
         assert files["temps"] == files["journals"] == []
@@ -333,6 +335,7 @@ async def test_a_restart_failure_on_the_secondary_rolls_back_both_hosts_through_
     ]
     assert restart_order(order) == [PRIMARY, SECONDARY, SECONDARY, PRIMARY]
     assert not stack.secondary.marker_path("fail-restart").exists()  # it failed exactly once
+    await change_ended(stack.primary, stack.secondary)
     for host in (stack.primary, stack.secondary):
         files = change_files(host)
         assert files["temps"] == files["journals"] == []

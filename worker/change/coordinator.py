@@ -134,15 +134,24 @@ class ChangeOptions:
     journal_retention: int = 100
 
 
+Announce = Callable[[ResultData], None]
+"""Told a change's outcome the moment the servers reach their final state, before the
+clean-up and the journal records that end :func:`execute` (a few round trips per server):
+the consumer publishes the result event meanwhile. Called at most once, and only for a change
+that went past prepare; whatever was announced is the result :func:`execute` returns (its
+``durationMs`` aside) and the outcome it records."""
+
+
 async def execute(
     request: ModifyRequest | RemoveRequest,
     request_id: str,
     fleet: Fleet,
     options: ChangeOptions = ChangeOptions(),
+    announce: Announce | None = None,
 ) -> ResultData:
     """Apply one request to every server it touches, both or neither; never raises for
     anything a request or a server can cause (``CancelledError`` does propagate)."""
-    run = _Run(request, request_id, options)
+    run = _Run(request, request_id, options, announce)
     with structlog.contextvars.bound_contextvars(requestId=request_id):
         log.info("change.start", command=request.command, dry_run=request.dry_run)
         try:
@@ -156,7 +165,7 @@ async def execute(
                     raise
                 if previous is not None:
                     return run.done(previous)
-            changes, warnings = await _plan(run, fleet)
+            changes, warnings = await _plan_when_others_end(run, fleet)
             if not request.dry_run and not any(c.changed for c in changes):
                 # Nothing to change: maybe a twin delivery of this request id applied it
                 # since the lookup above. Its outcome is the answer, not a "changed: false".
@@ -279,8 +288,11 @@ async def _record_conflict(run: _Run, resumed: recovery.Resumed) -> ResultData:
         "nothing was touched"
     )
     error = rollback_failed_error(resumed.changes, cause, headline)
-    result = run.result(Outcome.rollback_failed, resumed.changes, error, resumed.warnings)
-    return await _record(resumed.changes, result)
+    result = run.announced(
+        run.result(Outcome.rollback_failed, resumed.changes, error, resumed.warnings)
+    )
+    late = await _record(resumed.changes, result)
+    return run.with_late_warnings(result, late)
 
 
 # -- plan ------------------------------------------------------------------------------------
@@ -302,6 +314,33 @@ def _anchors(request: ModifyRequest | RemoveRequest) -> list[str]:
     if isinstance(request, ModifyRequest):
         return [request.params.primary_server, request.params.secondary_server]
     return [request.params.server]
+
+
+async def _plan_when_others_end(
+    run: _Run, fleet: Fleet
+) -> tuple[list[ServerChange], list[str]]:
+    """Plan, even if another change's journal was seen before the locks: that change may be
+    running still (its worker announced its outcome and holds the lock to record it). The
+    check under the locks decides, before anything is touched. Only if the plan fails or
+    finds nothing to change on what may be a half-changed pair (it takes no lock then) does
+    it wait for those servers' locks once and plan afresh; unfinished then means cut off, and
+    the request fails with ``unfinished_change``."""
+    try:
+        changes, warnings = await _plan(run, fleet)
+        if not run.busy or any(c.changed for c in changes):
+            return changes, warnings
+    except WorkerError:
+        if not run.busy:
+            raise
+    busy = sorted(run.busy)
+    log.info("change.waiting", servers=busy, reason="another change is unfinished there")
+    run.drop_prefetched()
+    run.listings.clear()
+    run.busy.clear()
+    run.strict = True
+    async with hold_locks([fleet.host(n) for n in busy], run.options.lock_timeout):
+        pass
+    return await _plan(run, fleet)
 
 
 async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]:
@@ -379,14 +418,20 @@ def _same_ranges_warnings(
 
 
 async def _snapshots(hosts: dict[str, RemoteHost], run: _Run) -> dict[str, Snapshot]:
-    """Each server's live tree, once it is clear no other change was cut off there (from the
+    """Each server's live tree, and whether another change is unfinished there (from the
     listing the journal lookup just took, if it took one)."""
+
+    async def check(host: RemoteHost) -> None:
+        try:
+            await _refuse_if_unfinished(host, run.request_id, run.listings)
+        except Failed as exc:
+            if run.strict or exc.code != "unfinished_change":
+                raise
+            run.busy.add(host.name)  # running or cut off: the check under the lock says
 
     async def read(host: RemoteHost) -> Snapshot:
         reading = run.prefetched.pop(host.name, None) or read_snapshot(host)
-        snapshot, _ = await asyncio.gather(
-            reading, _refuse_if_unfinished(host, run.request_id, run.listings)
-        )
+        snapshot, _ = await asyncio.gather(reading, check(host))
         return snapshot
 
     snaps = await asyncio.gather(*(read(h) for h in hosts.values()))
@@ -572,11 +617,13 @@ async def _finish(
     error: WorkerError | None,
     warnings: list[str],
 ) -> ResultData:
-    """Clean up, prune, record the outcome. The servers are in their final state already:
-    a problem here is a warning, never a different outcome."""
+    """The servers are in their final state: announce the outcome, then clean up, prune and
+    record it, all at once (they touch disjoint files). A problem here is logged (and a
+    warning, unless the result was already announced), never a different outcome."""
     warnings = list(warnings)
     if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
         warnings += [f"{c.name}: {p}" for c in changed_only(changes) for p in c.problems]
+    result = run.announced(run.result(outcome, changes, error, warnings))
 
     async def clean(change: ServerChange) -> str | None:
         """One server's cleanup; its prunes touch disjoint files, so they run at once."""
@@ -596,7 +643,7 @@ async def _finish(
                 )
                 for f in change.files
             ]
-            # This change's done record is written below: make room for it.
+            # This change's done record is being written: make room for it.
             keep = max(run.options.journal_retention - 1, 0)
             prunes.append(prune_journals(change.host, keep, names))
             await _all_of(prunes)
@@ -605,17 +652,20 @@ async def _finish(
             return f"cleanup on {change.name} failed: {exc}"
         return None
 
-    # The servers are in their final state: cleaning them up is independent, so at once.
-    problems = await asyncio.gather(*(clean(c) for c in changed_only(changes)))
-    warnings += [p for p in problems if p is not None]
-    return await _record(changes, run.result(outcome, changes, error, warnings))
+    *problems, recorded = await asyncio.gather(
+        *(clean(c) for c in changed_only(changes)), _record(changes, result)
+    )
+    late = [p for p in problems if isinstance(p, str)] + list(recorded or [])
+    return run.with_late_warnings(result, late)
 
 
-async def _record(changes: list[ServerChange], result: ResultData) -> ResultData:
+async def _record(changes: list[ServerChange], result: ResultData) -> list[str]:
     """Store the outcome in every journal, the first server's last: it is read first, so once
     it has its done record every server has one. The running journals a done record replaces
-    are removed alongside (a leftover one is harmless: the done record ends the change)."""
+    are removed alongside (a leftover one is harmless: the done record ends the change).
+    Returns a warning per server it could not be stored on."""
     stored = result.model_copy(deep=True)
+    problems: list[str] = []
     removals: list[asyncio.Task[None]] = []
     for change in reversed(changed_only(changes)):
         journal = change.journal
@@ -626,7 +676,7 @@ async def _record(changes: list[ServerChange], result: ResultData) -> ResultData
             await write_journal(change.host, journal)
         except Exception as exc:
             log.error("journal.not_recorded", server=change.name, error=str(exc))
-            result.warnings.append(
+            problems.append(
                 f"outcome not recorded on {change.name} ({exc}); "
                 "a rerun of this request will derive it from the servers again"
             )
@@ -635,7 +685,7 @@ async def _record(changes: list[ServerChange], result: ResultData) -> ResultData
     for outcome in await asyncio.gather(*removals, return_exceptions=True):
         if isinstance(outcome, BaseException):
             log.warning("journal.not_removed", error=str(outcome))
-    return result
+    return problems
 
 
 # -- plumbing --------------------------------------------------------------------------------
@@ -648,6 +698,7 @@ class _Run:
     request: ModifyRequest | RemoveRequest
     request_id: str
     options: ChangeOptions
+    announce: Announce | None = None
     started: float = field(default_factory=time.monotonic)
     stamp: str = field(default_factory=new_stamp)
     #: Journal directories as listed before the locks (server name -> names)...
@@ -658,6 +709,12 @@ class _Run:
     prefetched: dict[str, asyncio.Future[Snapshot]] = field(default_factory=dict)
     #: ...and the live files read again under the locks, ahead of the recheck.
     rereads: dict[str, asyncio.Future[list[bytes | None]]] = field(default_factory=dict)
+    #: Whether :data:`Announce` has been told the outcome.
+    was_announced: bool = False
+    #: Servers where another change was unfinished before the locks (maybe still running)...
+    busy: set[str] = field(default_factory=set)
+    #: ...and whether that now fails the plan (after waiting for their locks once).
+    strict: bool = False
 
     def result(
         self,
@@ -677,6 +734,26 @@ class _Run:
             warnings=list(warnings),
             durationMs=self.elapsed_ms(),
         )
+
+    def announced(self, result: ResultData) -> ResultData:
+        """Hand the final outcome to :data:`Announce`, if given. A failing callback is the
+        caller's bug: logged, and the result is returned from :func:`execute` as usual."""
+        if self.announce is not None:
+            announce, self.announce = self.announce, None
+            try:
+                announce(result.model_copy(update={"durationMs": self.elapsed_ms()}))
+            except Exception:
+                log.exception("announce.failed")
+            else:
+                self.was_announced = True
+        return result
+
+    def with_late_warnings(self, result: ResultData, late: list[str]) -> ResultData:
+        """Problems found after the outcome was announced are only logged (the announced
+        result is the one recorded and published); otherwise they are warnings."""
+        if not late or self.was_announced:
+            return result
+        return result.model_copy(update={"warnings": [*result.warnings, *late]})
 
     def drop_prefetched(self) -> None:
         """Cancel the reads ahead the plan or the recheck never used."""

@@ -3,9 +3,15 @@
 Per delivery (each in its own task, at most ``settings.concurrency`` handlers at once):
 
     read_delivery (size, UTF-8, JSON, schema, request id)  -> Delivery
-    handler(request, request_id) or the rejection          -> ResultData
+    handler(request, request_id, announce) or the rejection -> ResultData
     make_event                                             -> ResultEvent
     publish with confirms, then settle (shielded tail)     -> ack / dead-letter / requeue
+
+The handler may ``announce`` its outcome before it returns (the coordinator does, as soon as
+the servers are in their final state, and then cleans up and records the outcome): the event
+is published at once, while the handler finishes, and the request is settled only when both
+are over. The publish and the settle are tasks we track, so a cancel or a shutdown waits
+for them.
 
 :func:`decide` is the one place that maps what happened to ack / dead-letter / requeue, and
 :func:`settle` the one place that talks to the broker about it. A request is acked only
@@ -29,6 +35,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from enum import StrEnum
+from typing import Any, Protocol
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
@@ -51,7 +58,19 @@ from worker.messages import (
 )
 from worker.settings import Settings
 
-Handler = Callable[[ModifyRequest | RemoveRequest, str], Awaitable[ResultData]]
+Announce = Callable[[ResultData], None]
+
+
+class Handler(Protocol):
+    """Runs one request to its outcome. It may call ``announce`` once with its final outcome
+    before it returns (the coordinator does so while it cleans up and records it): the event
+    is then published at once, and the request still acked only after the handler returned
+    and the event was confirmed."""
+
+    def __call__(
+        self, request: ModifyRequest | RemoveRequest, request_id: str, announce: Announce
+    ) -> Awaitable[ResultData]: ...
+
 
 log = get_logger(__name__)
 
@@ -124,7 +143,13 @@ def outcome_for(exc: WorkerError) -> Outcome:
     return Outcome.rejected if isinstance(exc, Rejected) else Outcome.failed
 
 
-async def run_handler(handler: Handler, delivery: Delivery) -> ResultData:
+def _unheard(data: ResultData) -> None:
+    """No one listens for an early outcome: the result is published when the handler returns."""
+
+
+async def run_handler(
+    handler: Handler, delivery: Delivery, announce: Announce = _unheard
+) -> ResultData:
     """The handler's result; never raises except on cancellation.
 
     The coordinator returns every outcome as data. If a handler raises anyway, a domain error
@@ -134,7 +159,7 @@ async def run_handler(handler: Handler, delivery: Delivery) -> ResultData:
     request, request_id = delivery.request, delivery.request_id
     assert request is not None and request_id is not None
     try:
-        return await handler(request, request_id)
+        return await handler(request, request_id, announce)
     except WorkerError as exc:
         log.warning("handler raised a domain error", code=exc.code, error=exc.message)
         outcome, error = outcome_for(exc), exc.to_info()
@@ -177,21 +202,21 @@ class _Consumer:
         self._handler = handler
         self._publisher = publisher
         self._slots = asyncio.Semaphore(settings.concurrency)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._tails: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._tails: set[asyncio.Task[Any]] = set()
         self.stopping = False
 
     async def on_message(self, message: AbstractIncomingMessage) -> None:
         """aio-pika's callback: hand the message to a task we own and return at once."""
         self._track(asyncio.create_task(self._process(message)))
 
-    def _track(self, task: asyncio.Task[None], *, tail: bool = False) -> None:
+    def _track(self, task: asyncio.Task[Any], *, tail: bool = False) -> None:
         self._tasks.add(task)
         if tail:
             self._tails.add(task)
         task.add_done_callback(self._done)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
+    def _done(self, task: asyncio.Task[Any]) -> None:
         self._tasks.discard(task)
         self._tails.discard(task)
         if not task.cancelled() and (exc := task.exception()) is not None:
@@ -213,6 +238,13 @@ class _Consumer:
                 delivery_count=(message.headers or {}).get("x-delivery-count"),
                 rejected=delivery.rejection.code if delivery.rejection else None,
             )
+            publication: asyncio.Task[bool] | None = None
+
+            def announce(data: ResultData) -> None:
+                nonlocal publication
+                if publication is None:
+                    publication = self._publish(message, delivery, data)
+
             if delivery.rejection is not None:
                 data = ResultData(
                     requestId=delivery.request_id,
@@ -229,39 +261,63 @@ class _Consumer:
                         await settle(message, decide(published=None, poison=False))
                         return
                     try:
-                        data = await run_handler(self._handler, delivery)
+                        data = await run_handler(self._handler, delivery, announce)
                     except asyncio.CancelledError:
+                        if publication is not None:  # an outcome is out: ack it when confirmed
+                            await asyncio.shield(self._settle_after(message, delivery, publication))
+                            raise
                         log.warning("cancelled before an outcome: request handed back")
                         release = settle(message, decide(published=None, poison=False))
                         await asyncio.shield(release)
                         raise
-            event = build_event(delivery, data, self._settings)
-            tail = asyncio.create_task(self._publish_and_settle(message, delivery, event))
-            self._track(tail, tail=True)
+            if publication is None:
+                publication = self._publish(message, delivery, data)
             # Once the outcome exists, publishing it and acking must happen even if we are
             # cancelled: the change is done and must not be repeated for nothing.
-            await asyncio.shield(tail)
+            await asyncio.shield(self._settle_after(message, delivery, publication))
 
-    async def _publish_and_settle(
+    def _publish(
+        self, message: AbstractIncomingMessage, delivery: Delivery, data: ResultData
+    ) -> asyncio.Task[bool]:
+        """Start publishing the result event (a task we track: it outlives a cancel)."""
+        event = build_event(delivery, data, self._settings)
+        task = asyncio.create_task(self._confirmed(message, delivery, event))
+        self._track(task, tail=True)
+        return task
+
+    def _settle_after(
+        self, message: AbstractIncomingMessage, delivery: Delivery, publication: asyncio.Task[bool]
+    ) -> asyncio.Task[None]:
+        """Settle once the event's fate is known; tracked too, so shutdown waits for it."""
+
+        async def tail() -> None:
+            published = await publication
+            await settle(message, decide(published=published, poison=delivery.poison))
+
+        task = asyncio.create_task(tail())
+        self._track(task, tail=True)
+        return task
+
+    async def _confirmed(
         self, message: AbstractIncomingMessage, delivery: Delivery, event: ResultEvent
-    ) -> None:
+    ) -> bool:
+        """Publish the event; whether the broker confirmed it."""
         try:
             await self._publisher.publish(
                 event,
                 reply_to=message.reply_to,
                 correlation_id=message.correlation_id or delivery.request_id,
             )
-            published = True
-            log.info(
-                "result published",
-                outcome=event.data.outcome.value,
-                event_id=event.id,
-                code=event.data.error.code if event.data.error else None,
-            )
         except PublishFailed as exc:
-            published = False
             log.warning("result not confirmed; the request will be redelivered", error=str(exc))
-        await settle(message, decide(published=published, poison=delivery.poison))
+            return False
+        log.info(
+            "result published",
+            outcome=event.data.outcome.value,
+            event_id=event.id,
+            code=event.data.error.code if event.data.error else None,
+        )
+        return True
 
     async def drain(self) -> None:
         """Wait for every task, including publish tails started while waiting."""

@@ -402,17 +402,21 @@ class SshHost:
             # No fstat for the size: one read of the most the server sends at once. SFTP
             # guarantees a disk file's read returns the length asked for or up to its end,
             # so a shorter answer is the end: open, read, close (a longer file reads on).
+            # The close is not waited for (a read-only handle: nothing can fail that matters).
             block = max(sftp.limits.max_read_len, 1)
             try:
-                async with sftp.open(path, "rb", block_size=0) as f:
-                    chunks: list[bytes] = []
-                    while True:
-                        chunk: bytes = await f.read(block)
-                        chunks.append(chunk)
-                        if len(chunk) < block:
-                            return b"".join(chunks)
+                f = await sftp.open(path, "rb", block_size=0)
             except asyncssh.SFTPNoSuchFile:
                 return None
+            try:
+                chunks: list[bytes] = []
+                while True:
+                    chunk: bytes = await f.read(block)
+                    chunks.append(chunk)
+                    if len(chunk) < block:
+                        return b"".join(chunks)
+            finally:
+                _in_background(f.close())
 
         return await self._reads(f"read {path}", op)
 
@@ -445,24 +449,48 @@ class SshHost:
             return mode, owner
 
         async def op(sftp: asyncssh.SFTPClient) -> None:
-            # Independent requests travel together (writes are most of a change's round
-            # trips): the stat of ``like`` beside the open, the data beside owner and mode
-            # (they commute on any server). Only then fsync, close and rename, in order.
+            # Three round trips: open (the stat of ``like`` beside it); then data, owner and
+            # mode, fsync and close sent together (an SFTP server handles one handle's
+            # requests in order); the rename only once all of them succeeded.
             attrs = asyncio.ensure_future(like_attrs(sftp))
+            # Data larger than one request is written first (asyncssh splits it into requests
+            # in flight together, sent from tasks of its own: not in order with the close).
+            big = len(data) > max(sftp.limits.max_write_len, 1)
             try:
-                async with sftp.open(tmp, "xb", asyncssh.SFTPAttrs(permissions=0o600)) as f:
+                f = await sftp.open(
+                    tmp, "xb", asyncssh.SFTPAttrs(permissions=0o600), block_size=-1 if big else 0
+                )
+                try:
                     mode, owner = await attrs
-
-                    async def set_attrs() -> None:
-                        await self._set_owner_and_mode(f, owner, mode, path, like)
-
-                    await _all_of(f.write(data), set_attrs())
-                    with contextlib.suppress(asyncssh.SFTPOpUnsupported):
-                        await f.fsync()
+                except BaseException:
+                    await asyncio.gather(f.close(), return_exceptions=True)
+                    raise
+                wrote = await _outcome(f.write(data, 0)) if big else None
+                # A chown may clear set-id bits: with those, owner and mode go one by one.
+                at_once = owner is None or not mode & 0o6000
+                attributes = asyncssh.SFTPAttrs(
+                    uid=owner[0] if owner else None,
+                    gid=owner[1] if owner else None,
+                    permissions=mode,
+                )
+                first, set_at_once, synced, closed = await asyncio.gather(
+                    _nothing() if big else f.write(data, 0),
+                    f.setstat(attributes) if at_once else _refused(),
+                    f.fsync(),
+                    f.close(),
+                    return_exceptions=True,
+                )
+                if isinstance(synced, asyncssh.SFTPOpUnsupported):
+                    synced = None  # a server without fsync@openssh.com: close is all there is
+                for outcome in (wrote if big else first, synced, closed):
+                    if isinstance(outcome, BaseException):
+                        raise outcome
+                if isinstance(set_at_once, BaseException):
+                    if not isinstance(set_at_once, asyncssh.SFTPError):
+                        raise set_at_once
+                    await self._set_owner_and_mode(sftp, tmp, owner, mode, path, like)
                 await sftp.posix_rename(tmp, path)
             except BaseException:
-                if not attrs.done():
-                    attrs.cancel()
                 attrs.add_done_callback(_retrieve)
                 with contextlib.suppress(Exception):
                     async with asyncio.timeout(5):
@@ -473,39 +501,28 @@ class SshHost:
 
     async def _set_owner_and_mode(
         self,
-        f: asyncssh.SFTPClientFile,
+        sftp: asyncssh.SFTPClient,
+        tmp: str,
         owner: tuple[int, int] | None,
         mode: int,
         path: str,
         like: str | None,
     ) -> None:
-        """Copy owner and mode in one request when possible. A non-root account may not
-        chown, which is fine only if the owner already matches (then the mode alone is set);
-        set-id bits are set after the owner, as a chown may clear them."""
-        if owner is not None and not mode & 0o6000:
-            try:
-                await f.setstat(asyncssh.SFTPAttrs(uid=owner[0], gid=owner[1], permissions=mode))
-                return
-            except asyncssh.SFTPError:
-                pass  # the checked path below says why, if it matters
+        """Owner and mode one by one, when setting them at once was refused: a non-root
+        account may not chown, which is fine only if the owner already matches; set-id bits
+        are set after the owner, as a chown may clear them."""
         if owner is not None:
-            await self._chown(f, owner, path, like)
-        await f.setstat(asyncssh.SFTPAttrs(permissions=mode))
-
-    async def _chown(
-        self, f: asyncssh.SFTPClientFile, owner: tuple[int, int], path: str, like: str | None
-    ) -> None:
-        """Copy the owner; a non-root account may fail to, which is fine only if it matches."""
-        try:
-            await f.chown(*owner)
-        except asyncssh.SFTPError as e:
-            current = await f.stat()
-            if (current.uid, current.gid) != owner:
-                raise RemoteFileError(
-                    f"{self._name}: cannot give {path} the owner {owner[0]}:{owner[1]} of "
-                    f"{like} ({e.reason}); the account must own the config or be root",
-                    server=self._name,
-                ) from e
+            try:
+                await sftp.chown(tmp, *owner)
+            except asyncssh.SFTPError as e:
+                current = await sftp.stat(tmp)
+                if (current.uid, current.gid) != owner:
+                    raise RemoteFileError(
+                        f"{self._name}: cannot give {path} the owner {owner[0]}:{owner[1]} of "
+                        f"{like} ({e.reason}); the account must own the config or be root",
+                        server=self._name,
+                    ) from e
+        await sftp.chmod(tmp, mode)
 
     async def replace(self, src: str, dst: str) -> None:
         await self._sftp_call(
@@ -827,6 +844,39 @@ async def _all_of(*steps: Awaitable[object]) -> None:
     for result in await asyncio.gather(*steps, return_exceptions=True):
         if isinstance(result, BaseException):
             raise result
+
+
+_BACKGROUND: set[asyncio.Future[None]] = set()
+
+
+def _in_background(step: Awaitable[None]) -> None:
+    """Send a request whose answer nobody needs; kept referenced until it is in."""
+    task = asyncio.ensure_future(step)
+    _BACKGROUND.add(task)
+    task.add_done_callback(_forget_background)
+
+
+def _forget_background(task: asyncio.Future[None]) -> None:
+    _BACKGROUND.discard(task)
+    if not task.cancelled():
+        task.exception()
+
+
+async def _outcome(step: Awaitable[object]) -> object:
+    """What ``step`` returned or raised (raised later, once the handle is closed)."""
+    try:
+        return await step
+    except Exception as e:
+        return e
+
+
+async def _nothing() -> None:
+    """A step already taken."""
+
+
+async def _refused() -> None:
+    """Stands for a one-request owner-and-mode change that is not tried."""
+    raise asyncssh.SFTPFailure("owner and mode are set one by one")
 
 
 def _retrieve(task: asyncio.Future[tuple[int, tuple[int, int] | None]]) -> None:
