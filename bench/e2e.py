@@ -1,6 +1,6 @@
 """Benchmark: publish -> result event latency of a warm worker, beside its floor and Ansible.
 
-    python bench/e2e.py [--modifies 60] [--ansible-runs 5] [--amqp-url URL]
+    python bench/e2e.py [--modifies 60] [--ansible-runs 5] [--pause MS] [--amqp-url URL]
 
 Two OpenSSH servers on 127.0.0.1 stand in for the DHCP pair (worker.demo.localhosts: the sample
 configs, the real ``dhcpd -t`` as validator, a restart script that records each restart), and
@@ -470,23 +470,29 @@ async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) ->
             await floor_change(floor_hosts, 50 + i % 2, run_in_shell, serial=True)
             await broker.round_trip(record=False)
         block = 10
+        pause = args.pause / 1000
         for start in range(0, args.modifies, block):
             count = min(block, args.modifies - start)
             for i in range(start, start + count):
+                await asyncio.sleep(pause)
                 await worker.change(40 + i % 2)
             for i in range(start, start + count):
+                await asyncio.sleep(pause)
                 started = time.perf_counter()
                 await floor_change(floor_hosts, 50 + i % 2, run_exec)
                 floor.samples.append((time.perf_counter() - started) * 1000)
             for i in range(start, start + count):
+                await asyncio.sleep(pause)
                 started = time.perf_counter()
                 await floor_change(floor_hosts, 50 + i % 2, run_in_shell)
                 floor_sh.samples.append((time.perf_counter() - started) * 1000)
             for i in range(start, start + count):
+                await asyncio.sleep(pause)
                 started = time.perf_counter()
                 await floor_change(floor_hosts, 50 + i % 2, run_in_shell, serial=True)
                 serial.samples.append((time.perf_counter() - started) * 1000)
             for _ in range(count * 4):
+                await asyncio.sleep(pause)
                 await broker.round_trip()
             print(f"  {start + count}/{args.modifies} rounds", flush=True)
     return [worker.latency, worker.inside, floor, floor_sh, serial, broker.figures]
@@ -525,6 +531,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--modifies", type=int, default=60, help="measured changes per series")
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured changes first")
     parser.add_argument("--ansible-runs", type=int, default=5, help="0 to skip Ansible")
+    parser.add_argument(
+        "--pause", type=float, default=0.0, help="ms between two samples (0: back to back)"
+    )
     parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
     args = parser.parse_args(argv)
     command = "python bench/e2e.py " + " ".join(

@@ -19,7 +19,8 @@ Prepare takes every involved server's lock in name order (two changes sharing se
 deadlock), checks the live bytes still match the plan, stages each candidate beside its live
 file and runs the server's ``validate_command`` on it, and writes a journal on each server
 (these three at once per server, all servers at once). Commit then goes per server in order:
-backup (a hard link), atomic rename, restart+verify. Finish removes temp files, prunes old
+backup (a hard link), atomic rename, restart+verify. Once every server is final the outcome
+is announced (the consumer publishes it meanwhile), and finish removes temp files, prunes old
 backups and finished journals, and records the outcome in every journal. Each journal
 directory is listed once before the locks and once under them; the second listing stays true
 while the locks are held (but for this change's own files), so finish prunes from it.
@@ -43,7 +44,9 @@ Idempotency and recovery (the policy)
 
     While a change is unfinished on a server, any *other* request touching that server fails
     with ``unfinished_change`` (nothing touched): planning on a half-changed pair is wrong,
-    and finishing the old change later would overwrite the new one.
+    and finishing the old change later would overwrite the new one. Only the listing taken
+    under the lock decides: a journal seen before it may belong to a change still running
+    (recording the outcome it announced), which the lock waits for.
 
     Two deliveries of one request id running at once (a publisher's retry, two workers on one
     queue) converge the same way: the run that waited for the locks, or found nothing left to
