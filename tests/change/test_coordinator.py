@@ -50,6 +50,15 @@ def assert_untouched(world: World) -> None:
     assert world.locked() == []
 
 
+async def cut_off_before_the_secondary_commit(world: World) -> None:
+    """req-modify-1's worker dies just before replacing the secondary's file (the primary
+    runs the new one); the hosts then behave again."""
+    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
+    with pytest.raises(SimulatedCrash):
+        await execute(modify_request(), "req-modify-1", world.fleet)
+    world.secondary.crash_at = lambda op: False
+
+
 def restarts_in_order(world: World) -> list[str]:
     return [name for name, *op in world.timeline if op == ["restart"]]
 
@@ -762,15 +771,11 @@ async def test_a_rolled_back_request_run_again_returns_the_same_outcome(world: W
 async def test_a_change_cut_off_after_the_first_commit_is_finished_by_the_next_run(
     world: World,
 ) -> None:
-    # The worker dies just before replacing the secondary's file.
-    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
-    with pytest.raises(SimulatedCrash):
-        await execute(modify_request(), "req-modify-1", world.fleet)
+    await cut_off_before_the_secondary_commit(world)
     assert world.primary.config == PRIMARY_AFTER.encode()
     assert world.secondary.config == SECONDARY_CONF.encode()
     assert world.locked() == []  # a dead worker's locks go with its connections
 
-    world.secondary.crash_at = lambda op: False
     result = await execute(modify_request(), "req-modify-1", world.fleet)
 
     assert result.outcome is Outcome.succeeded, result.error
@@ -806,10 +811,7 @@ async def test_a_change_cut_off_before_its_restart_restarts_on_the_next_run(
 
 
 async def test_a_cut_off_change_whose_candidate_is_gone_is_undone(world: World) -> None:
-    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
-    with pytest.raises(SimulatedCrash):
-        await execute(modify_request(), "req-modify-1", world.fleet)
-    world.secondary.crash_at = lambda op: False
+    await cut_off_before_the_secondary_commit(world)
     world.secondary.files.pop("/etc/dhcp/.dhcpd.conf.req-modify-1.new")
 
     result = await execute(modify_request(), "req-modify-1", world.fleet)
@@ -826,10 +828,7 @@ async def test_a_cut_off_change_whose_candidate_is_gone_is_undone(world: World) 
 async def test_a_cut_off_change_is_undone_when_the_candidate_no_longer_validates(
     world: World,
 ) -> None:
-    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
-    with pytest.raises(SimulatedCrash):
-        await execute(modify_request(), "req-modify-1", world.fleet)
-    world.secondary.crash_at = lambda op: False
+    await cut_off_before_the_secondary_commit(world)
     world.secondary.validator = refuse_with_dhcpd_error
 
     result = await execute(modify_request(), "req-modify-1", world.fleet)
@@ -842,10 +841,7 @@ async def test_a_cut_off_change_is_undone_when_the_candidate_no_longer_validates
 async def test_a_cut_off_change_edited_by_hand_meanwhile_is_left_for_an_operator(
     world: World,
 ) -> None:
-    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
-    with pytest.raises(SimulatedCrash):
-        await execute(modify_request(), "req-modify-1", world.fleet)
-    world.secondary.crash_at = lambda op: False
+    await cut_off_before_the_secondary_commit(world)
     hand_edit = PRIMARY_AFTER.encode() + b"# fixed by hand\n"
     world.primary.files[world.primary.config_path] = hand_edit
     before = list(world.timeline)
@@ -881,10 +877,7 @@ async def test_a_change_cut_off_before_any_commit_is_planned_afresh(world: World
 
 
 async def test_another_request_waits_for_a_cut_off_change_to_be_finished(world: World) -> None:
-    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
-    with pytest.raises(SimulatedCrash):
-        await execute(modify_request(), "req-modify-1", world.fleet)
-    world.secondary.crash_at = lambda op: False
+    await cut_off_before_the_secondary_commit(world)
 
     other = await execute(modify_request("req-other", Mclt=900), "req-other", world.fleet)
 
@@ -1175,10 +1168,7 @@ async def test_a_request_needing_nothing_while_a_cut_off_change_is_unfinished_fa
 ) -> None:
     # The same settings as the cut-off change: nothing to write, but the pair is half
     # changed and that change's redelivery may still undo it, so it is not "succeeded".
-    world.secondary.crash_at = lambda op: op[0] == "replace" and op[2].endswith("dhcpd.conf")
-    with pytest.raises(SimulatedCrash):
-        await execute(modify_request(), "req-modify-1", world.fleet)
-    world.secondary.crash_at = lambda op: False
+    await cut_off_before_the_secondary_commit(world)
     world.secondary.files[world.secondary.config_path] = SECONDARY_AFTER.encode()
 
     other = await execute(modify_request("req-other"), "req-other", world.fleet)

@@ -318,33 +318,22 @@ async def test_a_lock_file_that_cannot_be_created_is_a_clear_failure(pair: Local
 # -- files and commands --------------------------------------------------------------------------
 
 
-async def test_write_leaves_no_temp_file_and_keeps_the_owner(
-    pair: LocalHosts, fleet: SshFleet
+@pytest.mark.parametrize("mode", [0o640, 0o2640], ids=["plain", "set-gid"])
+async def test_write_leaves_no_temp_file_and_keeps_owner_and_mode(
+    pair: LocalHosts, fleet: SshFleet, mode: int
 ) -> None:
+    # Owner and mode normally go in one request along with the data; with set-id bits the
+    # owner goes first and then the mode, as a chown may clear them.
     host = fleet.host(PRIMARY)
     local = pair.hosts[PRIMARY]
     os.chown(local.config_path, 65534, 65534)
+    os.chmod(local.config_path, mode)
     candidate = local.config_dir / "candidate.conf"
     await host.write(candidate.as_posix(), b"data\n", like=host.config_path)
     st = candidate.stat()
-    assert (st.st_uid, st.st_gid) == (65534, 65534)
-    assert sorted(p.name for p in local.config_dir.iterdir()) == ["candidate.conf", "dhcpd.conf"]
-
-
-async def test_write_copies_owner_and_set_id_bits_one_by_one(
-    pair: LocalHosts, fleet: SshFleet
-) -> None:
-    # A chown clears set-id bits, so with those the owner is given first and then the mode
-    # (not both in the one request the ordinary path sends along with the data).
-    host = fleet.host(PRIMARY)
-    local = pair.hosts[PRIMARY]
-    os.chown(local.config_path, 65534, 65534)
-    os.chmod(local.config_path, 0o2640)
-    candidate = local.config_dir / "candidate.conf"
-    await host.write(candidate.as_posix(), b"data\n", like=host.config_path)
-    st = candidate.stat()
-    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, 0o2640)
+    assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, mode)
     assert candidate.read_bytes() == b"data\n"
+    assert sorted(p.name for p in local.config_dir.iterdir()) == ["candidate.conf", "dhcpd.conf"]
 
 
 async def test_write_into_a_missing_directory_is_file_not_found(
