@@ -165,7 +165,7 @@ def test_plan_validates_with_unchanged_relative_includes_found_beside_the_main_f
     tmp_path: Path, pair: tuple[Path, Path]
 ) -> None:
     p, s = pair
-    (p.parent / "extra.conf").write_text("option domain-search \"example.net\";\n")
+    (p.parent / "extra.conf").write_text('option domain-search "example.net";\n')
     p.write_text(p.read_text() + 'include "extra.conf";\n')
     result = run_plan(tmp_path, modify(Mclt=1800), p, s)
     assert result.exit_code == 0, result.output

@@ -52,6 +52,7 @@ def run(inventory: Path | None) -> None:
     settings = Settings()
     if inventory is not None:
         settings = settings.model_copy(update={"inventory": inventory})
+
     async def _main() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -85,8 +86,9 @@ def _publish(body: dict[str, Any], routing_key: str, wait: bool, timeout: float)
     sys.exit(EXIT_BY_OUTCOME[event.data.outcome])
 
 
-def _envelope(command: str, params: dict[str, Any], request_id: str | None, dry_run: bool,
-              comment: str | None) -> dict[str, Any]:
+def _envelope(
+    command: str, params: dict[str, Any], request_id: str | None, dry_run: bool, comment: str | None
+) -> dict[str, Any]:
     body: dict[str, Any] = {
         "requestId": request_id or str(uuid.uuid4()),
         "command": command,
@@ -103,8 +105,13 @@ _common = [
     click.option("--dry-run", is_flag=True, help="Validate and report diffs, change nothing."),
     click.option("--comment", help="Free text for the audit trail (e.g. a change ticket)."),
     click.option("--wait", is_flag=True, help="Wait for the result event and print it."),
-    click.option("--timeout", type=float, default=120.0, show_default=True,
-                 help="Seconds to wait with --wait."),
+    click.option(
+        "--timeout",
+        type=float,
+        default=120.0,
+        show_default=True,
+        help="Seconds to wait with --wait.",
+    ),
 ]
 
 
@@ -130,11 +137,22 @@ def publish() -> None:
 @click.option("--max-response-delay", type=int, help="MaxResponseDelay, seconds.")
 @click.option("--max-unacked-updates", type=int, help="MaxUnackedUpdates.")
 @_with_common
-def publish_modify(name: str, primary_server: str, secondary_server: str, mclt: int | None,
-                   port: int | None, partner_port: int | None,
-                   load_balance_max_seconds: int | None, max_response_delay: int | None,
-                   max_unacked_updates: int | None, request_id: str | None, dry_run: bool,
-                   comment: str | None, wait: bool, timeout: float) -> None:
+def publish_modify(
+    name: str,
+    primary_server: str,
+    secondary_server: str,
+    mclt: int | None,
+    port: int | None,
+    partner_port: int | None,
+    load_balance_max_seconds: int | None,
+    max_response_delay: int | None,
+    max_unacked_updates: int | None,
+    request_id: str | None,
+    dry_run: bool,
+    comment: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
     """Publish a ModifyDHCPFailoverRelationship request."""
     params = {
         "Name": name,
@@ -153,15 +171,31 @@ def publish_modify(name: str, primary_server: str, secondary_server: str, mclt: 
 
 @publish.command("remove")
 @click.option("--server", required=True, help="Either peer's inventory name (Server).")
-@click.option("--name", "names", required=True, multiple=True,
-              help="Relationship name (Name); repeat to remove several as one change.")
-@click.option("--deconfigure-action", type=click.Choice(["None", "Disable", "Delete"]),
-              default="Disable", show_default=True,
-              help="What happens to the secondary's scopes (DeconfigureAction).")
+@click.option(
+    "--name",
+    "names",
+    required=True,
+    multiple=True,
+    help="Relationship name (Name); repeat to remove several as one change.",
+)
+@click.option(
+    "--deconfigure-action",
+    type=click.Choice(["None", "Disable", "Delete"]),
+    default="Disable",
+    show_default=True,
+    help="What happens to the secondary's scopes (DeconfigureAction).",
+)
 @_with_common
-def publish_remove(server: str, names: tuple[str, ...], deconfigure_action: str,
-                   request_id: str | None, dry_run: bool, comment: str | None, wait: bool,
-                   timeout: float) -> None:
+def publish_remove(
+    server: str,
+    names: tuple[str, ...],
+    deconfigure_action: str,
+    request_id: str | None,
+    dry_run: bool,
+    comment: str | None,
+    wait: bool,
+    timeout: float,
+) -> None:
     """Publish a RemoveDHCPFailoverRelationships request."""
     params = {
         "Server": server,
@@ -177,14 +211,21 @@ def publish_remove(server: str, names: tuple[str, ...], deconfigure_action: str,
 
 @main.command()
 @click.argument("request", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--primary-config", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--secondary-config", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Write primary.conf / secondary.conf candidates here (created if missing).")
-def plan(request: Path, primary_config: Path, secondary_config: Path,
-         out_dir: Path | None) -> None:
+@click.option(
+    "--primary-config", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--secondary-config",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Write primary.conf / secondary.conf candidates here (created if missing).",
+)
+def plan(request: Path, primary_config: Path, secondary_config: Path, out_dir: Path | None) -> None:
     """Apply a request to local copies and print the diffs; never modifies the inputs.
 
     Exit 0 if it would apply, 2 if it would be rejected (error JSON on stderr).
@@ -209,8 +250,7 @@ def inspect(file: Path) -> None:
 
 
 @main.command()
-@click.argument("directory", default="schemas",
-                type=click.Path(file_okay=False, path_type=Path))
+@click.argument("directory", default="schemas", type=click.Path(file_okay=False, path_type=Path))
 def schemas(directory: Path) -> None:
     """Write the JSON Schemas of requests and events to DIRECTORY (default: ./schemas)."""
     from worker.schemas import write
@@ -220,8 +260,11 @@ def schemas(directory: Path) -> None:
 
 
 @main.command()
-@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the demo hosts live (default: a temporary directory).")
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the demo hosts live (default: a temporary directory).",
+)
 def demo(workdir: Path | None) -> None:
     """End-to-end demo on local defaults: two local sshd 'DHCP hosts', the worker, RabbitMQ."""
     from worker.demo.run import run_demo

@@ -32,17 +32,11 @@ from pydantic.alias_generators import to_camel, to_pascal
 # -- value types ------------------------------------------------------------------------------
 
 #: A failover relationship name: goes inside a quoted dhcpd.conf string and into log lines.
-RelationshipName = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
-]
+RelationshipName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
 #: An inventory server name (a host name, usually an FQDN).
-ServerName = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")
-]
+ServerName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,252}$")]
 #: The idempotency key; also names the journal file on each server.
-RequestId = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-]
+RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")]
 Port = Annotated[StrictInt, Field(ge=1, le=65535)]
 #: dhcpd stores these as 32-bit seconds; a day of MCLT is already far beyond ISC's advice.
 Mclt = Annotated[StrictInt, Field(ge=0, le=86400 * 7)]

@@ -158,4 +158,3 @@ async def test_the_event_and_the_reply_are_published_at_once_and_both_confirmed(
     assert not task.done()  # returns only once both are confirmed
     events_confirmed.set()
     await asyncio.wait_for(task, 5)
-

@@ -72,25 +72,45 @@ class CorpusCase:
 
 
 CASES = [
-    CorpusCase("bertvv", "bertvv-ansible-role-dhcp__dhcpd.conf.rendered.conf",
-               "failover-group", "primary"),
-    CorpusCase("debops-main", "debops__dhcpd.conf.rendered.conf", "failover-partner", "primary",
-               includes={"/etc/dhcp/dhcpd-extra.conf": ""}),
-    CorpusCase("debops-failovers", DEBOPS_FAILOVERS_MAIN, "failover-partner", "secondary",
-               corpus_includes={
-                   "/etc/dhcp/ansible_failovers.conf":
-                       "debops__ansible_failovers.conf.rendered.conf"},
-               main_is_stub=True),
+    CorpusCase(
+        "bertvv", "bertvv-ansible-role-dhcp__dhcpd.conf.rendered.conf", "failover-group", "primary"
+    ),
+    CorpusCase(
+        "debops-main",
+        "debops__dhcpd.conf.rendered.conf",
+        "failover-partner",
+        "primary",
+        includes={"/etc/dhcp/dhcpd-extra.conf": ""},
+    ),
+    CorpusCase(
+        "debops-failovers",
+        DEBOPS_FAILOVERS_MAIN,
+        "failover-partner",
+        "secondary",
+        corpus_includes={
+            "/etc/dhcp/ansible_failovers.conf": "debops__ansible_failovers.conf.rendered.conf"
+        },
+        main_is_stub=True,
+    ),
     CorpusCase("isc-dhcp-1", "isc-dhcp__dhcp-1.conf", "foo", "primary"),
     CorpusCase("isc-dhcp-2", "isc-dhcp__dhcp-2.conf", "foo", "secondary"),
-    CorpusCase("theforeman", "theforeman-puppet-dhcp__dhcpd.conf.rendered.conf",
-               "dhcp-failover", "primary",
-               includes={"/etc/bind/rndc.key": RNDC_KEY_STUB, "/etc/dhcp/dhcpd.hosts": ""}),
-    CorpusCase("voxpupuli", "voxpupuli-puppet-dhcp__dhcpd.conf.rendered.conf",
-               "dhcp-failover", "secondary",
-               includes={"/etc/dhcp/dhcpd.hosts": "", "/etc/dhcp/dhcpd.ignoredsubnets": ""},
-               corpus_includes={
-                   "/etc/dhcp/dhcpd.pools": "voxpupuli-puppet-dhcp__dhcpd.pools.rendered.conf"}),
+    CorpusCase(
+        "theforeman",
+        "theforeman-puppet-dhcp__dhcpd.conf.rendered.conf",
+        "dhcp-failover",
+        "primary",
+        includes={"/etc/bind/rndc.key": RNDC_KEY_STUB, "/etc/dhcp/dhcpd.hosts": ""},
+    ),
+    CorpusCase(
+        "voxpupuli",
+        "voxpupuli-puppet-dhcp__dhcpd.conf.rendered.conf",
+        "dhcp-failover",
+        "secondary",
+        includes={"/etc/dhcp/dhcpd.hosts": "", "/etc/dhcp/dhcpd.ignoredsubnets": ""},
+        corpus_includes={
+            "/etc/dhcp/dhcpd.pools": "voxpupuli-puppet-dhcp__dhcpd.pools.rendered.conf"
+        },
+    ),
     CorpusCase("vyos", "vyos-1x__dhcpd.conf.rendered.conf", "LAN-FO", "primary"),
 ]
 

@@ -59,8 +59,10 @@ def test_two_primaries_are_not_complementary() -> None:
 
 
 def test_swapped_roles_are_reported_as_swapped() -> None:
-    err = rejection(PRIMARY.replace("  primary;", "  secondary;"),
-                    SECONDARY.replace("  secondary;", "  primary;"))
+    err = rejection(
+        PRIMARY.replace("  primary;", "  secondary;"),
+        SECONDARY.replace("  secondary;", "  primary;"),
+    )
     assert isinstance(err, RoleMismatch) and err.code == "roles_swapped"
 
 
@@ -82,8 +84,9 @@ def test_ports_that_do_not_mirror_each_other_are_a_pair_mismatch() -> None:
 
 def test_an_absent_port_counts_as_dhcpds_default_647() -> None:
     check_pair(one(PRIMARY.replace("  port 647;\n", "")), one(SECONDARY), "fo")
-    err = rejection(PRIMARY.replace("  port 647;\n", ""),
-                    SECONDARY.replace("peer port 647", "peer port 700"))
+    err = rejection(
+        PRIMARY.replace("  port 647;\n", ""), SECONDARY.replace("peer port 647", "peer port 700")
+    )
     assert err.code == "port_mismatch"
 
 
@@ -107,8 +110,9 @@ def test_a_primary_without_mclt_is_rejected() -> None:
 
 
 def test_a_split_above_255_is_rejected() -> None:
-    assert rejection(PRIMARY.replace("split 128", "split 256"), SECONDARY).code == \
-        "split_out_of_range"
+    assert (
+        rejection(PRIMARY.replace("split 128", "split 256"), SECONDARY).code == "split_out_of_range"
+    )
 
 
 def test_a_malformed_hba_is_rejected() -> None:
@@ -122,8 +126,9 @@ def test_a_value_that_is_not_a_number_is_rejected() -> None:
 
 
 def test_every_violation_is_listed_in_the_detail() -> None:
-    err = rejection(PRIMARY.replace("split 128", "split 999"),
-                    SECONDARY.replace("  port 847;", "  port 848;"))
+    err = rejection(
+        PRIMARY.replace("split 128", "split 999"), SECONDARY.replace("  port 847;", "  port 848;")
+    )
     codes = [v["code"] for v in err.detail["violations"]]
     assert codes == ["split_out_of_range", "port_mismatch"]
 
@@ -134,31 +139,52 @@ HBA = ":".join(["ff"] * 16 + ["00"] * 16)
 ACCEPTED_BY_DHCPD = {
     "both secondary": (
         PRIMARY.replace("  primary;", "  secondary;").replace("  mclt 1800;\n  split 128;\n", ""),
-        SECONDARY, RoleMismatch, "roles_not_complementary", 2,
+        SECONDARY,
+        RoleMismatch,
+        "roles_not_complementary",
+        2,
     ),
     "mclt on the secondary": (
-        PRIMARY, SECONDARY.replace("  secondary;\n", "  secondary;\n  mclt 1800;\n"),
-        PairMismatch, "mclt_on_secondary", 3,
+        PRIMARY,
+        SECONDARY.replace("  secondary;\n", "  secondary;\n  mclt 1800;\n"),
+        PairMismatch,
+        "mclt_on_secondary",
+        3,
     ),
     "split and hba together": (
-        PRIMARY.replace("  split 128;\n", f"  split 128;\n  hba {HBA};\n"), SECONDARY,
-        PairMismatch, "split_and_hba", 11,
+        PRIMARY.replace("  split 128;\n", f"  split 128;\n  hba {HBA};\n"),
+        SECONDARY,
+        PairMismatch,
+        "split_and_hba",
+        11,
     ),
     "port 70000": (
         PRIMARY.replace("  port 647;", "  port 70000;"),
         SECONDARY.replace("peer port 647", "peer port 70000"),
-        PairMismatch, "port_out_of_range", 4,
+        PairMismatch,
+        "port_out_of_range",
+        4,
     ),
     "negative mclt": (
-        PRIMARY.replace("mclt 1800", "mclt -5"), SECONDARY, PairMismatch, "mclt_negative", 9,
+        PRIMARY.replace("mclt 1800", "mclt -5"),
+        SECONDARY,
+        PairMismatch,
+        "mclt_negative",
+        9,
     ),
     "missing address": (
-        PRIMARY.replace("  address 10.0.0.1;\n", ""), SECONDARY,
-        PairMismatch, "address_missing", 1,
+        PRIMARY.replace("  address 10.0.0.1;\n", ""),
+        SECONDARY,
+        PairMismatch,
+        "address_missing",
+        1,
     ),
     "negative max-response-delay": (
-        PRIMARY.replace("max-response-delay 60", "max-response-delay -1"), SECONDARY,
-        PairMismatch, "value_out_of_range", 7,
+        PRIMARY.replace("max-response-delay 60", "max-response-delay -1"),
+        SECONDARY,
+        PairMismatch,
+        "value_out_of_range",
+        7,
     ),
 }
 

@@ -39,8 +39,12 @@ def test_the_first_record_is_returned_with_its_source_line_and_caret_column() ->
     )
     diagnosis = parse_dhcpd_output(output, {"/tmp/stage/c.conf": "/etc/dhcp/dhcpd.conf"})
     assert diagnosis == DhcpdDiagnosis(
-        file="/etc/dhcp/dhcpd.conf", line=3, message="semicolon expected.",
-        source_line="  address ", column=4, cascade=1,
+        file="/etc/dhcp/dhcpd.conf",
+        line=3,
+        message="semicolon expected.",
+        source_line="  address ",
+        column=4,
+        cascade=1,
     )
     assert diagnosis.to_detail()["cascade"] == 1
 

@@ -11,8 +11,10 @@ from tests.dhcpconf.pairs import MAIN, one
 from worker.dhcpconf import ConfigSet
 from worker.errors import ConfigError, PeerNotFound
 
-POOL = 'subnet 10.0.0.0 netmask 255.0.0.0 {\n  pool {\n    failover peer "%s";\n' \
-       "    range 10.0.0.5 10.0.0.9;\n  }\n}\n"
+POOL = (
+    'subnet 10.0.0.0 netmask 255.0.0.0 {\n  pool {\n    failover peer "%s";\n'
+    "    range 10.0.0.5 10.0.0.9;\n  }\n}\n"
+)
 
 
 def test_each_corpus_case_exposes_its_peer_with_the_expected_role(
@@ -101,7 +103,8 @@ def test_a_peer_declared_in_the_main_file_gets_pools_from_an_included_file(
     peer = cs.peer("dhcp-failover")
     assert peer.file == MAIN
     assert [(p.file, p.line) for p in peer.pools] == [
-        ("/etc/dhcp/dhcpd.pools", 8), ("/etc/dhcp/dhcpd.pools", 24),
+        ("/etc/dhcp/dhcpd.pools", 8),
+        ("/etc/dhcp/dhcpd.pools", 24),
     ]
 
 

@@ -23,10 +23,12 @@ def test_include_paths_lists_every_include_in_order_as_written() -> None:
 
 
 def test_rewrite_includes_changes_only_the_mapped_paths() -> None:
-    after = rewrite_includes(TEXT, {"pools.conf": "/tmp/stage/pools.conf",
-                                    '/etc/dhcp/with "quote".conf': "/tmp/q.conf"})
+    after = rewrite_includes(
+        TEXT, {"pools.conf": "/tmp/stage/pools.conf", '/etc/dhcp/with "quote".conf': "/tmp/q.conf"}
+    )
     assert after == TEXT.replace('"pools.conf"', '"/tmp/stage/pools.conf"').replace(
-        '"/etc/dhcp/with \\"quote\\".conf"', '"/tmp/q.conf"')
+        '"/etc/dhcp/with \\"quote\\".conf"', '"/tmp/q.conf"'
+    )
     assert include_paths(after) == ["/etc/dhcp/a.conf", "/tmp/stage/pools.conf", "/tmp/q.conf"]
 
 

@@ -15,13 +15,25 @@ def kinds(text: str) -> list[tuple[str, str]]:
 
 def test_names_and_numbers_are_runs_of_letters_digits_hyphens_and_underscores() -> None:
     assert kinds("max-response-delay 60;") == [
-        ("word", "max-response-delay"), ("word", "60"), ("punct", ";"),
+        ("word", "max-response-delay"),
+        ("word", "60"),
+        ("punct", ";"),
     ]
 
 
 def test_dots_and_colons_are_punctuation_between_words_as_in_dhcpd() -> None:
-    assert [t for _, t in kinds("10.0.0.1 ff:0a")] == ["10", ".", "0", ".", "0", ".", "1",
-                                                       "ff", ":", "0a"]
+    assert [t for _, t in kinds("10.0.0.1 ff:0a")] == [
+        "10",
+        ".",
+        "0",
+        ".",
+        "0",
+        ".",
+        "1",
+        "ff",
+        ":",
+        "0a",
+    ]
 
 
 def test_an_underscore_cannot_start_a_name() -> None:
@@ -55,8 +67,13 @@ def test_a_string_the_file_ends_inside_is_marked_unterminated() -> None:
 
 @pytest.mark.parametrize(
     ("token", "value"),
-    [('"plain"', "plain"), (r'"a\"b"', 'a"b'), (r'"t\tn\n"', "t\tn\n"), (r'"\x41\101"', "AA"),
-     (r'"back\\slash"', "back\\slash")],
+    [
+        ('"plain"', "plain"),
+        (r'"a\"b"', 'a"b'),
+        (r'"t\tn\n"', "t\tn\n"),
+        (r'"\x41\101"', "AA"),
+        (r'"back\\slash"', "back\\slash"),
+    ],
 )
 def test_string_values_apply_dhcpd_escapes(token: str, value: str) -> None:
     assert string_value(token) == value

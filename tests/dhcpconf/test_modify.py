@@ -18,8 +18,7 @@ from worker.errors import ConfigError, PeerNotFound, Rejected
 
 def changed_lines(before: str, after: str) -> list[str]:
     return [
-        line for line in difflib.ndiff(before.splitlines(), after.splitlines())
-        if line[:1] in "+-"
+        line for line in difflib.ndiff(before.splitlines(), after.splitlines()) if line[:1] in "+-"
     ]
 
 
@@ -34,8 +33,11 @@ SETTING_TARGETS = [
 ]
 
 
-@pytest.mark.parametrize(("setting", "value", "on_primary", "on_secondary"), SETTING_TARGETS,
-                         ids=[t[0] for t in SETTING_TARGETS])
+@pytest.mark.parametrize(
+    ("setting", "value", "on_primary", "on_secondary"),
+    SETTING_TARGETS,
+    ids=[t[0] for t in SETTING_TARGETS],
+)
 def test_each_setting_changes_exactly_its_statement_on_each_role(
     setting: str, value: int, on_primary: str, on_secondary: str | None
 ) -> None:
@@ -106,8 +108,13 @@ def test_a_non_numeric_value_is_refused_not_replaced() -> None:
 
 
 @pytest.mark.parametrize(
-    "change", [PeerSettings(primary_port=0), PeerSettings(secondary_port=70000),
-               PeerSettings(mclt=-1), PeerSettings(max_response_delay=2**32)],
+    "change",
+    [
+        PeerSettings(primary_port=0),
+        PeerSettings(secondary_port=70000),
+        PeerSettings(mclt=-1),
+        PeerSettings(max_response_delay=2**32),
+    ],
 )
 def test_out_of_range_settings_are_rejected(change: PeerSettings) -> None:
     with pytest.raises(Rejected) as err:
@@ -127,7 +134,8 @@ def test_only_the_file_holding_the_peer_changes(corpus_dir: Path) -> None:
     assert after[MAIN] == cs.texts()[MAIN]
     failovers = "/etc/dhcp/ansible_failovers.conf"
     assert changed_lines(cs.texts()[failovers], after[failovers]) == [
-        "-     max-response-delay 60;", "+     max-response-delay 11;",
+        "-     max-response-delay 60;",
+        "+     max-response-delay 11;",
     ]
 
 
@@ -175,8 +183,9 @@ def test_a_one_parameter_modify_changes_exactly_one_line_or_adds_one(
     assert changes[-1].rstrip().endswith(" 4321;")
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(
     data=st.data(),
     change=st.builds(
@@ -199,8 +208,10 @@ def test_any_modify_sets_exactly_the_requested_values(
     expected = dict(before)
     for key, value in change.statements(case.role):
         if key != "mclt" or case.role == "primary":
-            expected[key] = str(value) if key not in before or int(before[key]) != value \
-                else before[key]
+            expected[key] = (
+                str(value) if key not in before or int(before[key]) != value else before[key]
+            )
     assert now == expected
-    assert [r.label for r in after.peer(case.peer).pools] == \
-        [r.label for r in cs.peer(case.peer).pools]
+    assert [r.label for r in after.peer(case.peer).pools] == [
+        r.label for r in cs.peer(case.peer).pools
+    ]

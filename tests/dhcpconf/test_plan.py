@@ -27,23 +27,25 @@ def modify_params(**settings: Any) -> ModifyParams:
 
 def test_partner_port_defaults_to_port() -> None:
     assert settings_from_params(modify_params(Port=700)) == PeerSettings(
-        primary_port=700, secondary_port=700)
+        primary_port=700, secondary_port=700
+    )
     assert settings_from_params(modify_params(Port=700, PartnerPort=701)) == PeerSettings(
-        primary_port=700, secondary_port=701)
-    assert settings_from_params(modify_params(PartnerPort=701)) == PeerSettings(
-        secondary_port=701)
+        primary_port=700, secondary_port=701
+    )
+    assert settings_from_params(modify_params(PartnerPort=701)) == PeerSettings(secondary_port=701)
 
 
 def test_every_micetro_setting_maps_to_its_relationship_setting() -> None:
-    params = modify_params(Mclt=1, LoadBalanceMaxSeconds=2, MaxResponseDelay=3,
-                           MaxUnackedUpdates=4)
+    params = modify_params(Mclt=1, LoadBalanceMaxSeconds=2, MaxResponseDelay=3, MaxUnackedUpdates=4)
     assert settings_from_params(params) == PeerSettings(
-        mclt=1, load_balance_max_seconds=2, max_response_delay=3, max_unacked_updates=4)
+        mclt=1, load_balance_max_seconds=2, max_response_delay=3, max_unacked_updates=4
+    )
 
 
 def test_plan_modify_gives_both_candidates_with_unified_diffs() -> None:
-    primary, secondary = plan_modify(modify_params(Mclt=900, Port=700), one(PRIMARY),
-                                     one(SECONDARY))
+    primary, secondary = plan_modify(
+        modify_params(Mclt=900, Port=700), one(PRIMARY), one(SECONDARY)
+    )
     assert (primary.server, primary.role, primary.main) == ("dhcp1", "primary", MAIN)
     assert (secondary.server, secondary.role) == ("dhcp2", "secondary")
     assert primary.before == {MAIN: PRIMARY} and primary.changed and secondary.changed
@@ -60,8 +62,9 @@ def test_plan_modify_gives_both_candidates_with_unified_diffs() -> None:
 
 
 def test_a_modify_already_in_place_changes_nothing() -> None:
-    plans = plan_modify(modify_params(Mclt=1800, Port=647, PartnerPort=847), one(PRIMARY),
-                        one(SECONDARY))
+    plans = plan_modify(
+        modify_params(Mclt=1800, Port=647, PartnerPort=847), one(PRIMARY), one(SECONDARY)
+    )
     assert [p.changed for p in plans] == [False, False]
     assert [p.diff() for p in plans] == ["", ""]
 
@@ -87,14 +90,19 @@ def test_candidates_that_would_disagree_are_rejected(monkeypatch: pytest.MonkeyP
 
 def test_a_diff_says_when_the_last_line_has_no_newline() -> None:
     plan = ServerPlan("s", "primary", "/a.conf", {"/a.conf": "a;\nb;"}, {"/a.conf": "a;\nc;"})
-    assert plan.diff().endswith("-b;\n\\ No newline at end of file\n+c;\n"
-                                "\\ No newline at end of file\n")
+    assert plan.diff().endswith(
+        "-b;\n\\ No newline at end of file\n+c;\n\\ No newline at end of file\n"
+    )
 
 
 def test_a_diff_covers_every_changed_file_and_only_those() -> None:
-    plan = ServerPlan("s", "secondary", "/m.conf",
-                      {"/m.conf": "x;\n", "/inc.conf": "a;\n", "/same.conf": "s;\n"},
-                      {"/m.conf": "y;\n", "/inc.conf": "b;\n", "/same.conf": "s;\n"})
+    plan = ServerPlan(
+        "s",
+        "secondary",
+        "/m.conf",
+        {"/m.conf": "x;\n", "/inc.conf": "a;\n", "/same.conf": "s;\n"},
+        {"/m.conf": "y;\n", "/inc.conf": "b;\n", "/same.conf": "s;\n"},
+    )
     assert plan.changed_files() == ["/m.conf", "/inc.conf"]
     assert "--- a/inc.conf\n+++ b/inc.conf\n" in plan.diff() and "same" not in plan.diff()
 
@@ -111,8 +119,11 @@ def test_remove_partners_needs_a_peer_address() -> None:
 
 
 def rename(text: str, name: str, net: str) -> str:
-    return text.replace('"fo"', f'"{name}"').replace("10.0.0.0 netmask", f"{net} netmask") \
+    return (
+        text.replace('"fo"', f'"{name}"')
+        .replace("10.0.0.0 netmask", f"{net} netmask")
         .replace("10.0.0.10 10.0.0.99", f"{net[:-1]}10 {net[:-1]}99")
+    )
 
 
 def test_plan_remove_covers_every_server_of_every_name_as_one_change() -> None:
@@ -123,10 +134,14 @@ def test_plan_remove_covers_every_server_of_every_name_as_one_change() -> None:
     }
     pairs = {"fo": ("dhcp1", "dhcp2"), "fo2": ("dhcp1", "dhcp3")}
     params = RemoveParams.model_validate(
-        {"Server": "dhcp2", "Name": ["fo", "fo2"], "DeconfigureAction": "Delete"})
+        {"Server": "dhcp2", "Name": ["fo", "fo2"], "DeconfigureAction": "Delete"}
+    )
     plans = plan_remove(params, configs, pairs)
     assert [(p.server, p.role) for p in plans] == [
-        ("dhcp2", "secondary"), ("dhcp1", "primary"), ("dhcp3", "secondary")]
+        ("dhcp2", "secondary"),
+        ("dhcp1", "primary"),
+        ("dhcp3", "secondary"),
+    ]
     assert all(p.changed for p in plans)
     assert "failover" not in plans[1].after[MAIN]
     assert plans[1].after[MAIN].count("subnet") == 2  # the primary keeps its scopes
@@ -148,8 +163,10 @@ def test_plan_remove_needs_a_pair_for_every_name() -> None:
 
 def test_plan_remove_uses_the_requested_action_on_the_secondary() -> None:
     params = RemoveParams.model_validate(
-        {"Server": "dhcp1", "Name": "fo", "DeconfigureAction": DeconfigureAction.disable.value})
-    plans = plan_remove(params, {"dhcp1": one(PRIMARY), "dhcp2": one(SECONDARY)},
-                        {"fo": ("dhcp1", "dhcp2")})
+        {"Server": "dhcp1", "Name": "fo", "DeconfigureAction": DeconfigureAction.disable.value}
+    )
+    plans = plan_remove(
+        params, {"dhcp1": one(PRIMARY), "dhcp2": one(SECONDARY)}, {"fo": ("dhcp1", "dhcp2")}
+    )
     assert "deny all clients;" in plans[1].after[MAIN]
     assert "deny all clients;" not in plans[0].after[MAIN]

@@ -94,7 +94,9 @@ def test_none_removes_only_the_references_on_the_secondary() -> None:
 
 def test_delete_removes_the_scopes_that_used_the_peer_and_emptied_shared_networks() -> None:
     after = remove(one(SECONDARY_SCOPES), ["fo"], DeconfigureAction.delete)[MAIN]
-    assert after == """\
+    assert (
+        after
+        == """\
 shared-network both {
   subnet 10.2.0.0 netmask 255.255.0.0 {
     option routers 10.2.0.1;
@@ -106,6 +108,7 @@ shared-network direct-pool {
   }
 }
 """
+    )
 
 
 def test_delete_refuses_a_pool_that_is_neither_in_a_subnet_nor_a_shared_network() -> None:
@@ -116,8 +119,11 @@ def test_delete_refuses_a_pool_that_is_neither_in_a_subnet_nor_a_shared_network(
 
 
 def test_several_names_are_removed_in_one_call() -> None:
-    second = SECONDARY.replace('"fo"', '"fo2"').replace("10.0.0.", "10.9.0.").replace(
-        "subnet 10.0.0.0", "subnet 10.9.0.0")
+    second = (
+        SECONDARY.replace('"fo"', '"fo2"')
+        .replace("10.0.0.", "10.9.0.")
+        .replace("subnet 10.0.0.0", "subnet 10.9.0.0")
+    )
     cs = one(SECONDARY + second)
     after = remove(cs, ["fo", "fo2"], DeconfigureAction.disable)[MAIN]
     assert no_trace_of("fo", after) and no_trace_of("fo2", after)
@@ -169,8 +175,7 @@ def test_a_statement_sharing_its_line_keeps_its_neighbours() -> None:
 def test_crlf_lines_are_removed_whole() -> None:
     text = PRIMARY.replace("\n", "\r\n")
     after = remove(one(text), ["fo"], DeconfigureAction.none)[MAIN]
-    assert after == remove(one(PRIMARY), ["fo"], DeconfigureAction.none)[MAIN].replace(
-        "\n", "\r\n")
+    assert after == remove(one(PRIMARY), ["fo"], DeconfigureAction.none)[MAIN].replace("\n", "\r\n")
 
 
 # -- across files and over the corpus -------------------------------------------------------

@@ -45,14 +45,14 @@ def test_a_corpus_file_parses_into_its_real_structure(corpus_dir: Path) -> None:
 
 
 TRICKY = {
-    "crlf and tabs": 'authoritative;\r\n\tsubnet 10.0.0.0 netmask 255.0.0.0 {\r\n\t}\r\n',
+    "crlf and tabs": "authoritative;\r\n\tsubnet 10.0.0.0 netmask 255.0.0.0 {\r\n\t}\r\n",
     "comment inside a statement": "option domain-name-servers # first\n  10.0.0.1, # second\n"
     "  10.0.0.2;\n",
     "string with ; { } and #": 'option domain-name "a;b{c}#d";\nfilename "x\\"y;";\n',
     "string spanning lines": 'option motd "line one\nline two; {";\n',
     "key block with a trailing semicolon": 'key k {\n  algorithm hmac-md5;\n  secret "s";\n};\n',
     "if elsif else": 'if option a = 1 {\n  filename "a";\n} elsif exists b {\n  filename "b";\n}'
-    " else {\n  filename \"c\";\n}\n",
+    ' else {\n  filename "c";\n}\n',
     "on commit with nested if": 'on commit {\n  if not (x = "{") {\n    log("}");\n  }\n}\n',
     "record type in braces": "option x code 200 = { unsigned integer 8, text };\n",
     "hba spanning lines": 'failover peer "p" {\n  hba ff:ff:\n      00:00;\n}\n',
@@ -114,15 +114,14 @@ def test_broken_structure_is_a_config_error_with_line_and_column(
 _ws = st.sampled_from([" ", "\t", "  ", "\n", "\r\n", "\n\n", " \t\n\t", "\r\n\r\n  "])
 _comment = st.builds(
     lambda body, eol: "#" + body + eol,
-    st.text("ab ;{}#\"\\\t\r\u00e9", max_size=12),
+    st.text('ab ;{}#"\\\t\r\u00e9', max_size=12),
     st.sampled_from(["\n", "\r\n"]),
 )
 _sep = st.one_of(_ws, _ws, _comment)
 _trivia = st.lists(_sep, max_size=3).map("".join)
 _octet = st.integers(0, 255)
 _word = st.one_of(
-    st.builds(lambda a, b: a + b, st.sampled_from("aBfPsz"),
-              st.text("abcxyzAZ019_-", max_size=8)),
+    st.builds(lambda a, b: a + b, st.sampled_from("aBfPsz"), st.text("abcxyzAZ019_-", max_size=8)),
     st.integers(-99, 99999).map(str),
     st.tuples(_octet, _octet, _octet, _octet).map(lambda t: ".".join(map(str, t))),
     st.lists(_octet, min_size=2, max_size=6).map(lambda t: ":".join(f"{b:02x}" for b in t)),
@@ -147,12 +146,10 @@ def _statement() -> st.SearchStrategy[tuple[str, Shape]]:
     return st.builds(lambda toks, ws: (toks + ws + ";", ("s",)), _tokens(), _trivia)
 
 
-def _block(children: st.SearchStrategy[tuple[str, Shape]]) -> st.SearchStrategy[
-    tuple[str, Shape]
-]:
-    def build(head: str, ws: str, body: tuple[str, Shape], tail: str, semi: bool) -> tuple[
-        str, Shape
-    ]:
+def _block(children: st.SearchStrategy[tuple[str, Shape]]) -> st.SearchStrategy[tuple[str, Shape]]:
+    def build(
+        head: str, ws: str, body: tuple[str, Shape], tail: str, semi: bool
+    ) -> tuple[str, Shape]:
         text = head + ws + "{" + body[0] + tail + "}" + (";" if semi else "")
         return text, (("b", body[1]),) + (("s",) if semi else ())
 
@@ -164,8 +161,9 @@ def _items(item: st.SearchStrategy[tuple[str, Shape]]) -> st.SearchStrategy[tupl
         text = "".join(lead + body for lead, body, _ in parts)
         return text, tuple(s for _, _, shp in parts for s in shp)
 
-    return st.lists(st.tuples(_trivia, item).map(lambda p: (p[0], p[1][0], p[1][1])),
-                    max_size=4).map(join)
+    return st.lists(
+        st.tuples(_trivia, item).map(lambda p: (p[0], p[1][0], p[1][1])), max_size=4
+    ).map(join)
 
 
 _config = st.recursive(

@@ -35,8 +35,11 @@ def test_a_peer_no_pool_refers_to_is_refused() -> None:
 
 def test_pools_in_an_included_file_count_for_the_peer() -> None:
     head, pools = PRIMARY.split("subnet", 1)
-    validate(ConfigSet.parse({MAIN: head + 'include "p.conf";\n', "/etc/dhcp/p.conf":
-                              "subnet" + pools}, MAIN))
+    validate(
+        ConfigSet.parse(
+            {MAIN: head + 'include "p.conf";\n', "/etc/dhcp/p.conf": "subnet" + pools}, MAIN
+        )
+    )
 
 
 @pytest.mark.parametrize(
@@ -48,8 +51,11 @@ def test_pools_in_an_included_file_count_for_the_peer() -> None:
         (PRIMARY.replace("port 647", "port 6x"), "value_not_numeric", 4),
         (PRIMARY.replace("split 128", "split 300"), "split_out_of_range", 10),
         (PRIMARY.replace("split 128", "hba ff"), "hba_invalid", 10),
-        (SECONDARY.replace("  secondary;\n", "  secondary;\n  split 1;\n"), "split_on_secondary",
-         3),
+        (
+            SECONDARY.replace("  secondary;\n", "  secondary;\n  split 1;\n"),
+            "split_on_secondary",
+            3,
+        ),
     ],
 )
 def test_each_problem_dhcpd_rejects_is_refused_with_its_code_and_line(
@@ -62,9 +68,12 @@ def test_each_problem_dhcpd_rejects_is_refused_with_its_code_and_line(
 
 @pytest.mark.parametrize(
     "text",
-    [PRIMARY.replace("mclt 1800", "mclt -5"), PRIMARY.replace("port 647", "port 70000"),
-     PRIMARY.replace("  address 10.0.0.1;\n", ""),
-     SECONDARY.replace("  secondary;\n", "  secondary;\n  mclt 60;\n")],
+    [
+        PRIMARY.replace("mclt 1800", "mclt -5"),
+        PRIMARY.replace("port 647", "port 70000"),
+        PRIMARY.replace("  address 10.0.0.1;\n", ""),
+        SECONDARY.replace("  secondary;\n", "  secondary;\n  mclt 60;\n"),
+    ],
 )
 def test_problems_dhcpd_accepts_are_left_to_the_pair_check(text: str) -> None:
     validate(one(text))

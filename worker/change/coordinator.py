@@ -234,9 +234,7 @@ async def _commit_and_finish(
 async def _resume_previous(run: _Run, fleet: Fleet) -> ResultData | None:
     """The recorded outcome of this request id, or the end of a change an earlier run cut off
     (policy in the module docstring); None when there is nothing to pick up."""
-    found = await recovery.find_previous(
-        fleet, _anchors(run.request), run.request_id, run.listings
-    )
+    found = await recovery.find_previous(fleet, _anchors(run.request), run.request_id, run.listings)
     if not found:
         return None
     if (outcome := recovery.finished(found)) is not None:
@@ -273,9 +271,7 @@ async def _replay(run: _Run, fleet: Fleet) -> ResultData | None:
     """Under the locks: the outcome a twin delivery of this request id recorded while this
     run waited for them (it planned on the files the twin has since changed)."""
     run.locked.clear()  # listings taken under the locks: they stay true while they are held
-    found = await recovery.find_previous(
-        fleet, _anchors(run.request), run.request_id, run.locked
-    )
+    found = await recovery.find_previous(fleet, _anchors(run.request), run.request_id, run.locked)
     if (outcome := recovery.finished(found)) is not None:
         log.info("change.replayed", outcome=outcome.outcome, after="lock wait")
     return outcome
@@ -319,9 +315,7 @@ def _anchors(request: ModifyRequest | RemoveRequest) -> list[str]:
     return [request.params.server]
 
 
-async def _plan_when_others_end(
-    run: _Run, fleet: Fleet
-) -> tuple[list[ServerChange], list[str]]:
+async def _plan_when_others_end(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]:
     """Plan, even if another change's journal was seen before the locks: that change may be
     running still (its worker announced its outcome and holds the lock to record it). The
     check under the locks decides, before anything is touched. Only if the plan fails or

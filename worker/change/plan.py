@@ -36,8 +36,10 @@ class ServerPlan:
 
     def diff(self) -> str:
         """A unified diff of every changed file, with ``a/<path>`` and ``b/<path>`` headers."""
-        return "".join(_diff(path, self.before.get(path, ""), self.after[path])
-                       for path in self.changed_files())
+        return "".join(
+            _diff(path, self.before.get(path, ""), self.after[path])
+            for path in self.changed_files()
+        )
 
 
 def _diff(path: str, before: str, after: str) -> str:
@@ -50,8 +52,7 @@ def _diff(path: str, before: str, after: str) -> str:
     )
     # A last line without a newline would run into the next diff line: say so, as diff does.
     return "".join(
-        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n"
-        for line in lines
+        line if line.endswith("\n") else line + "\n\\ No newline at end of file\n" for line in lines
     )
 
 
@@ -83,8 +84,9 @@ def plan_modify(
     )
     return (
         ServerPlan(p.primary_server, "primary", primary.main, primary.texts(), new_primary),
-        ServerPlan(p.secondary_server, "secondary", secondary.main, secondary.texts(),
-                   new_secondary),
+        ServerPlan(
+            p.secondary_server, "secondary", secondary.main, secondary.texts(), new_secondary
+        ),
     )
 
 

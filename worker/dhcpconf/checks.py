@@ -66,7 +66,9 @@ def validate(cs: ConfigSet) -> None:
             raise ConfigError(
                 f"failover peer {ref.name!r} is referenced but not declared "
                 "(dhcpd: failover peer not found)",
-                file=ref.doc.filename, line=line, column=ref.doc.location(ref.node.start)[1],
+                file=ref.doc.filename,
+                line=line,
+                column=ref.doc.location(ref.node.start)[1],
                 code="undeclared_peer",
             )
     for name, decl in cs.declarations.items():
@@ -75,7 +77,10 @@ def validate(cs: ConfigSet) -> None:
                 raise ConfigError(
                     f"failover peer {name!r}: {v.message} (dhcpd rejects this too; "
                     "fix the file first)",
-                    file=v.file, line=v.line, column=v.column, code=v.code,
+                    file=v.file,
+                    line=v.line,
+                    column=v.column,
+                    code=v.code,
                 )
 
 
@@ -189,8 +194,7 @@ def peer_violations(decl: PeerDecl, side: str = "", pools: int | None = None) ->
     split, hba = decl.get("split"), decl.get("hba")
     if decl.role == "primary":
         if split is not None and hba is not None:
-            add("split_and_hba", "the primary declares both 'split' and 'hba'; use one", hba,
-                False)
+            add("split_and_hba", "the primary declares both 'split' and 'hba'; use one", hba, False)
         if split is None and hba is None:
             add("split_missing", "the primary declares neither 'split' nor 'hba'", None, True)
         if decl.get("mclt") is None:
@@ -198,9 +202,12 @@ def peer_violations(decl: PeerDecl, side: str = "", pools: int | None = None) ->
     else:
         for key, misplaced in (("split", split), ("hba", hba), ("mclt", decl.get("mclt"))):
             if misplaced is not None:
-                add(f"{key}_on_secondary",
-                    f"the secondary declares '{key}', which only the primary may", misplaced,
-                    key != "mclt")
+                add(
+                    f"{key}_on_secondary",
+                    f"the secondary declares '{key}', which only the primary may",
+                    misplaced,
+                    key != "mclt",
+                )
     if pools == 0:
         add("peer_without_pools", "no pool references it", None, True)
     return found
@@ -235,22 +242,28 @@ def _mirroring(p: PeerDecl, s: PeerDecl) -> list[Violation]:
     for mine, theirs in (("address", "peer address"), ("peer address", "address")):
         a, b = p.get(mine), s.get(theirs)
         if a is not None and b is not None and a.value.lower() != b.value.lower():
-            found.append(Violation(
-                PairMismatch, "address_mismatch",
-                f"the primary's '{mine} {a.value}' does not match the secondary's "
-                f"'{theirs} {b.value}' ({s.file}:{s.doc.line(b.node.start)})",
-                *_at(p, a),
-            ))
+            found.append(
+                Violation(
+                    PairMismatch,
+                    "address_mismatch",
+                    f"the primary's '{mine} {a.value}' does not match the secondary's "
+                    f"'{theirs} {b.value}' ({s.file}:{s.doc.line(b.node.start)})",
+                    *_at(p, a),
+                )
+            )
     for mine, theirs in (("port", "peer port"), ("peer port", "port")):
         a, b = p.get(mine), s.get(theirs)
         pa, sb = _port(a), _port(b)
         if pa is not None and sb is not None and pa != sb:
-            found.append(Violation(
-                PairMismatch, "port_mismatch",
-                f"the primary's '{mine} {pa}' does not match the secondary's '{theirs} {sb}' "
-                f"(an absent port is {DEFAULT_PORT})",
-                *(_at(p, a) if a is not None else _at(s, b)),
-            ))
+            found.append(
+                Violation(
+                    PairMismatch,
+                    "port_mismatch",
+                    f"the primary's '{mine} {pa}' does not match the secondary's '{theirs} {sb}' "
+                    f"(an absent port is {DEFAULT_PORT})",
+                    *(_at(p, a) if a is not None else _at(s, b)),
+                )
+            )
     return found
 
 

@@ -95,7 +95,11 @@ def parse_dhcpd_output(
     if records:
         first = records[0]
         return DhcpdDiagnosis(
-            first.file, first.line, first.message, first.source_line, first.column,
+            first.file,
+            first.line,
+            first.message,
+            first.source_line,
+            first.column,
             cascade=len(records) - 1,
         )
     return _unlocated(lines, mapping)

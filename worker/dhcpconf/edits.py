@@ -146,9 +146,7 @@ def _indent(text: str, offset: int) -> str:
 # -- remove ------------------------------------------------------------------------------------
 
 
-def remove(
-    cs: ConfigSet, names: Sequence[str], action: DeconfigureAction
-) -> dict[str, str]:
+def remove(cs: ConfigSet, names: Sequence[str], action: DeconfigureAction) -> dict[str, str]:
     """Remove the peers ``names`` and every reference to them (CONTRACT §2).
 
     On a server whose block declares ``secondary``, ``action`` decides what happens to the
@@ -304,5 +302,3 @@ def _result(cs: ConfigSet, patches: dict[str, list[Patch]]) -> dict[str, str]:
         path: apply(doc.text, patches[path]) if patches.get(path) else doc.text
         for path, doc in cs.docs.items()
     }
-
-

@@ -185,8 +185,9 @@ def read_peer(doc: Document, block: Block, name: str) -> PeerDecl:
     params: list[PeerParam] = []
     for node in block.body:
         if isinstance(node, Block):
-            raise doc.error(f"failover peer {name!r}: unexpected block in peer declaration",
-                            node.start)
+            raise doc.error(
+                f"failover peer {name!r}: unexpected block in peer declaration", node.start
+            )
         tokens = doc.tokens(node)
         if not node.terminated or len(tokens) < 2:
             raise doc.error(
