@@ -1,11 +1,15 @@
 """Benchmark: publish -> result event latency of a warm worker, beside its floor and Ansible.
 
-    python bench/e2e.py [--modifies 60] [--ansible-runs 5] [--pause MS] [--amqp-url URL]
+    python bench/e2e.py [--modifies 60] [--ansible-runs 5] [--pause MS] [--plain-login]
+                        [--amqp-url URL]
 
 Two OpenSSH servers on 127.0.0.1 stand in for the DHCP pair (worker.demo.localhosts: the sample
 configs, the real ``dhcpd -t`` as validator, a restart script that records each restart), and
 every figure is the same change on the same two files: ``max-response-delay`` on both servers,
 alternating between two values so that each run really changes, validates and restarts.
+They log in as the user running the bench (root here, whose ``.bashrc`` runs pyenv's init on
+every exec); ``--plain-login`` gives their sessions an empty ``HOME`` instead, as a service
+account on a real DHCP host would have: then an exec costs milliseconds, not a tenth of a second.
 
 * **worker**: ``worker.service.serve`` in this process against RabbitMQ (own exchange and
   queue names, deleted at the end). A request goes to the request exchange with ``reply_to``;
@@ -532,6 +536,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured changes first")
     parser.add_argument("--ansible-runs", type=int, default=5, help="0 to skip Ansible")
     parser.add_argument(
+        "--plain-login",
+        action="store_true",
+        help="sessions get an empty HOME: no start-up files (a typical DHCP host's account)",
+    )
+    parser.add_argument(
         "--pause", type=float, default=0.0, help="ms between two samples (0: back to back)"
     )
     parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
@@ -542,7 +551,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="dfw-bench-") as tmp:
         workdir = Path(tmp)
         print(f"starting two local sshd hosts under {workdir}", flush=True)
-        with LocalHosts.start(workdir, sample_configs(), addresses=SAMPLE_ADDRESSES) as hosts:
+        with LocalHosts.start(
+            workdir, sample_configs(), addresses=SAMPLE_ADDRESSES, plain_login=args.plain_login
+        ) as hosts:
             print(f"measuring {args.modifies} changes per series (+{args.warmup} warm-up)")
             series = asyncio.run(measure(args, hosts, workdir))
             if args.ansible_runs > 0:

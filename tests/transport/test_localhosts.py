@@ -63,6 +63,21 @@ def test_scripts_validate_restart_and_obey_markers(sample_hosts: LocalHosts) -> 
     assert {r.sha256 for r in h.restarts()} == {h.config_sha256()}
 
 
+@pytest.mark.parametrize("plain_login", [False, True], ids=["account-home", "plain-login"])
+def test_plain_login_gives_sessions_an_empty_home_of_the_hosts_own(
+    local_hosts: LocalHostsFactory, plain_login: bool
+) -> None:
+    hosts = local_hosts({PRIMARY: sample_config("primary")}, plain_login=plain_login)
+    h = hosts.hosts[PRIMARY]
+    result = _ssh(hosts, PRIMARY, "echo $HOME; ls -A $HOME | wc -l")
+    assert result.returncode == 0, result.stderr
+    home, entries = result.stdout.split()
+    if plain_login:
+        assert (home, entries) == (str(h.root / "home"), "0")
+    else:
+        assert home == os.path.expanduser("~")
+
+
 def test_stop_ends_every_process_including_a_hung_restart(
     local_hosts: LocalHostsFactory,
 ) -> None:

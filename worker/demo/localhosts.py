@@ -145,12 +145,16 @@ class LocalHosts:
         addresses: Mapping[str, Sequence[str]] | None = None,
         startup_timeout: float = 10.0,
         hang_seconds: int = 300,
+        plain_login: bool = False,
     ) -> LocalHosts:
         """Start one sshd per ``configs`` entry (server name -> dhcpd.conf text).
 
         ``addresses`` lists, per server, the extra addresses it is known by in failover
         ``peer address`` statements (written to the inventory). ``hang_seconds`` bounds a
         "hung" restart so a forgotten marker cannot leave a process behind forever.
+        ``plain_login`` gives every session its own empty ``HOME``, so the login shell reads
+        no start-up files of the account: a typical service account on a DHCP host, where an
+        exec costs a few milliseconds (root's here runs pyenv's init, 100 ms and more).
         """
         base = Path(base_dir).resolve()
         base.mkdir(parents=True, exist_ok=True)
@@ -173,7 +177,16 @@ class LocalHosts:
             for name, conf in configs.items():
                 extra = tuple(addresses.get(name, ())) if addresses else ()
                 self.hosts[name] = _start_host(
-                    sshd, base, name, conf, extra, client_key, token, startup_timeout, hang_seconds
+                    sshd,
+                    base,
+                    name,
+                    conf,
+                    extra,
+                    client_key,
+                    token,
+                    startup_timeout,
+                    hang_seconds,
+                    plain_login,
                 )
             self.write_known_hosts()
             self.write_inventory()
@@ -251,6 +264,7 @@ def _start_host(
     token: str,
     startup_timeout: float,
     hang_seconds: int,
+    plain_login: bool = False,
 ) -> LocalHost:
     if "/" in name or name in ("", ".", ".."):
         raise LocalHostsError(f"server name {name!r} cannot be used as a directory name")
@@ -269,7 +283,10 @@ def _start_host(
     last_error = ""
     for _attempt in range(5):  # a free port can be taken between probe and bind: retry
         port = _free_port()
-        sshd_config = _write_sshd_config(root, port, host_key, token)
+        home = root / "home" if plain_login else None
+        if home is not None:
+            home.mkdir(exist_ok=True)
+        sshd_config = _write_sshd_config(root, port, host_key, token, home)
         check = subprocess.run(
             [sshd, "-t", "-f", str(sshd_config)], capture_output=True, text=True, check=False
         )
@@ -306,7 +323,9 @@ def _start_host(
     raise LocalHostsError(f"sshd for {name} did not start; its log ends with:\n{last_error}")
 
 
-def _write_sshd_config(root: Path, port: int, host_key: Path, token: str) -> Path:
+def _write_sshd_config(
+    root: Path, port: int, host_key: Path, token: str, home: Path | None = None
+) -> Path:
     sftp = "/usr/lib/openssh/sftp-server"
     path = root / "sshd_config"
     path.write_text(
@@ -330,7 +349,7 @@ def _write_sshd_config(root: Path, port: int, host_key: Path, token: str) -> Pat
                 # What a real server should have, so a vanished worker's lock is released:
                 "ClientAliveInterval 5",
                 "ClientAliveCountMax 3",
-                f"SetEnv {MARKER_ENV}={token}",
+                f"SetEnv {MARKER_ENV}={token}" + (f" HOME={home}" if home else ""),
                 f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
                 "",
             ]
