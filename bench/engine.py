@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.dhcpconf import ConfigSet, PeerSettings, modify
+from worker.dhcpconf.tree import clear_parse_cache
 
 PEER = "bench-failover"
 
@@ -77,6 +78,7 @@ def engine_once(path: str, text: str) -> tuple[float, str]:
     ``modify`` renders the candidate; ``texts()`` renders the unchanged tree as well, as the
     plan step does for its "before" side.
     """
+    clear_parse_cache()  # time the parse itself, not the kept result of the previous run
     start = time.perf_counter()
     cs = ConfigSet.parse({path: text}, path)
     after = modify(cs, PEER, PeerSettings(mclt=900, max_response_delay=30))[path]

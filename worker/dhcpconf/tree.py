@@ -18,6 +18,7 @@ of it renders back exactly.
 from __future__ import annotations
 
 import bisect
+import functools
 import gc
 import re
 from collections.abc import Iterator
@@ -146,9 +147,23 @@ def parse(text: str, filename: str = "dhcpd.conf") -> Document:
     Raises ConfigError (file, line, column) when a brace or a string never closes or the
     file ends inside a statement: dhcpd rejects those too, and guessing would mean editing a
     file whose structure we do not know.
+
+    The last few parses are kept (a Document is never changed once built): one change reads
+    a file's includes, plans on it, and lists its candidate's includes to validate it, each
+    from the same text. :func:`clear_parse_cache` forgets them.
     """
+    return _parse_cached(text, filename)
+
+
+@functools.lru_cache(maxsize=8)
+def _parse_cached(text: str, filename: str) -> Document:
     with gc_paused():
         return _parse(text, filename)
+
+
+def clear_parse_cache() -> None:
+    """Forget the kept parses (a benchmark timing the parse itself wants this)."""
+    _parse_cached.cache_clear()
 
 
 def _parse(text: str, filename: str) -> Document:
