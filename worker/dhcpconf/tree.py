@@ -150,7 +150,8 @@ def parse(text: str, filename: str = "dhcpd.conf") -> Document:
 
     The last few parses are kept (a Document is never changed once built): one change reads
     a file's includes, plans on it, and lists its candidate's includes to validate it, each
-    from the same text. :func:`clear_parse_cache` forgets them.
+    from the same text. At most 8 are kept (a 1 MB file's tree takes about 6 MB);
+    :func:`clear_parse_cache` forgets them.
     """
     return _parse_cached(text, filename)
 
