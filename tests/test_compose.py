@@ -3,6 +3,9 @@ every service, volume, file and setting it names must be one the worker really r
 
 from __future__ import annotations
 
+import os
+import stat
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -66,3 +69,25 @@ def test_dhcp_hosts_are_seeded_with_the_demo_sample_configs(compose: dict[str, A
         sources = [v.split(":")[0] for v in compose["services"][host]["volumes"]]
         samples = [s for s in sources if s.endswith(".conf")]
         assert samples and all((REPO / s).is_file() for s in samples)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="keys-init chowns the key, as it does as root")
+def test_keys_init_gives_the_client_key_to_the_workers_user_only(tmp_path: Path) -> None:
+    # The worker image runs as nobody (65534 in Debian's python image); the keys volume is
+    # shared with the hosts, so the private key must be the worker's alone, not world-readable.
+    assert "USER nobody" in (REPO / "Dockerfile").read_text().splitlines()
+    script = (REPO / "deploy/compose/keys-init.sh").read_text()
+    assert "cd /keys\n" in script
+    runnable = tmp_path / "keys-init.sh"
+    runnable.write_text(script.replace("cd /keys\n", f"cd {tmp_path / 'keys'}\n"))
+    (tmp_path / "keys").mkdir()
+
+    subprocess.run(["sh", str(runnable)], check=True, capture_output=True, timeout=30)
+
+    key = (tmp_path / "keys" / "id_ed25519").stat()
+    assert (key.st_uid, key.st_gid, stat.S_IMODE(key.st_mode)) == (65534, 65534, 0o600)
+    known_hosts = (tmp_path / "keys" / "known_hosts").read_text().splitlines()
+    assert [line.split()[0] for line in known_hosts] == [
+        "dhcp1.example.net,dhcp1",
+        "dhcp2.example.net,dhcp2",
+    ]

@@ -9,4 +9,7 @@ for host in dhcp1 dhcp2; do
   echo "${host}.example.net,${host} $(cut -d' ' -f1,2 "${host}_host_ed25519_key.pub")" >> known_hosts.new
 done
 mv known_hosts.new known_hosts
-chmod 0644 id_ed25519 known_hosts  # read by the worker's unprivileged user
+# The worker runs as nobody (65534 in the Debian-based image): only it may read its key.
+chown 65534:65534 id_ed25519
+chmod 0600 id_ed25519
+chmod 0644 known_hosts id_ed25519.pub
