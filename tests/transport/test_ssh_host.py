@@ -318,7 +318,7 @@ async def test_a_lock_file_that_cannot_be_created_is_a_clear_failure(pair: Local
 # -- files and commands --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o2640], ids=["plain", "set-gid"])
+@pytest.mark.parametrize("mode", [0o640, 0o4750], ids=["plain", "set-uid"])
 async def test_write_leaves_no_temp_file_and_keeps_owner_and_mode(
     pair: LocalHosts, fleet: SshFleet, mode: int
 ) -> None:

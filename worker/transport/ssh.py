@@ -475,7 +475,7 @@ class SshHost:
                 )
                 first, set_at_once, synced, closed = await asyncio.gather(
                     _nothing() if big else f.write(data, 0),
-                    f.setstat(attributes) if at_once else _refused(),
+                    f.setstat(attributes) if at_once else _nothing(),
                     f.fsync(),
                     f.close(),
                     return_exceptions=True,
@@ -485,9 +485,11 @@ class SshHost:
                 for outcome in (wrote if big else first, synced, closed):
                     if isinstance(outcome, BaseException):
                         raise outcome
-                if isinstance(set_at_once, BaseException):
-                    if not isinstance(set_at_once, asyncssh.SFTPError):
-                        raise set_at_once
+                if isinstance(set_at_once, BaseException) and not isinstance(
+                    set_at_once, asyncssh.SFTPError
+                ):
+                    raise set_at_once
+                if not at_once or set_at_once is not None:  # not tried, or refused
                     await self._set_owner_and_mode(sftp, tmp, owner, mode, path, like)
                 await sftp.posix_rename(tmp, path)
             except BaseException:
@@ -871,12 +873,7 @@ async def _outcome(step: Awaitable[object]) -> object:
 
 
 async def _nothing() -> None:
-    """A step already taken."""
-
-
-async def _refused() -> None:
-    """Stands for a one-request owner-and-mode change that is not tried."""
-    raise asyncssh.SFTPFailure("owner and mode are set one by one")
+    """A step already taken, or one taken afterwards on its own."""
 
 
 def _retrieve(task: asyncio.Future[tuple[int, tuple[int, int] | None]]) -> None:
