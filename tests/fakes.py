@@ -11,12 +11,13 @@ import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker.change.ports import CommandResult, RemoteHost
+from worker.change.ports import MAX_READ_BYTES, CommandResult, RemoteHost
 from worker.errors import (
     Ambiguous,
     LockTimeout,
     RemoteFileError,
     RemoteFileNotFound,
+    RemoteFileTooLarge,
     UnknownServer,
     Unreachable,
 )
@@ -46,13 +47,23 @@ class FakeHost:
     restarts: int = 0
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
+    #: None: the directory of ``config_path`` (``RemoteHost.working_directory``).
+    cwd: str | None = None
+
+    @property
+    def working_directory(self) -> str:
+        return self.cwd if self.cwd is not None else posixpath.dirname(self.config_path)
+
     def _check(self) -> None:
         if self.unreachable:
             raise Unreachable(f"{self.name}: connection refused", server=self.name)
 
     async def read(self, path: str) -> bytes | None:
         self._check()
-        return self.files.get(path)
+        data = self.files.get(path)
+        if data is not None and len(data) > MAX_READ_BYTES:
+            raise RemoteFileTooLarge(f"{self.name}: {path} is larger than {MAX_READ_BYTES} bytes")
+        return data
 
     async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
         self._check()

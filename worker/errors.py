@@ -1,6 +1,6 @@
 """The exception taxonomy every layer raises and the consumer understands.
 
-Three families decide what happens to a request (see DESIGN.md, "Failure semantics"):
+Three families decide what happens to a request (docs/design.md, "Failure semantics"):
 
 * :class:`Rejected` -- the request itself is wrong; retrying cannot help; outcome ``rejected``.
 * :class:`Failed` -- the change could not be prepared (unreachable server, lock timeout,
@@ -172,3 +172,10 @@ class RemoteFileNotFound(RemoteFileError, FileNotFoundError):
     so code written against the in-memory fake catches it the same way)."""
 
     code = "remote_file_not_found"
+
+
+class RemoteFileTooLarge(RemoteFileError):
+    """A remote file is larger than the worker reads (``MAX_READ_BYTES``), or never ends (a
+    device such as ``/dev/zero`` named by an ``include``): nothing was read."""
+
+    code = "file_too_large"

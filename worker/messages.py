@@ -1,4 +1,4 @@
-"""The message contract (CONTRACT.md §2-§3): requests in, result events out.
+"""The message contract (docs/contract.md §2-§3): requests in, result events out.
 
 Parameter names follow Micetro's API exactly (PascalCase, ``Mclt``, ``PrimaryServer`` ...);
 Micetro's JSON camelCase spelling is accepted too. Everything a request carries ends up in a
@@ -9,6 +9,7 @@ and numbers to sane ranges here, at the edge, before any other layer sees them.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
@@ -257,6 +258,18 @@ class ErrorInfo(BaseModel):
     detail: Any = None
 
 
+class DiffSummary(BaseModel):
+    """The full diff of a server whose ``diff`` was cut at the size cap."""
+
+    model_config = _EVENT_CONFIG
+
+    sha256: str = Field(description="sha256 (hex) of the full diff, UTF-8 encoded.")
+    bytes: int = Field(description="Size of the full diff in bytes.")
+    lines: int = Field(description="Lines in the full diff.")
+    added: int = Field(description="Lines the full diff adds (`+`).")
+    removed: int = Field(description="Lines the full diff removes (`-`).")
+
+
 class ServerResult(BaseModel):
     """What happened on one server. ``state`` says which config it runs now."""
 
@@ -267,7 +280,20 @@ class ServerResult(BaseModel):
     changed: bool
     sha256Before: str | None = None
     sha256After: str | None = None
-    diff: str = ""
+    diff: str = Field(
+        default="",
+        description="Unified diff of every file the change writes on this server; secret "
+        "values redacted, non-UTF-8 bytes shown as U+FFFD, cut at the size cap.",
+    )
+    diffTruncated: bool = Field(
+        default=False, description="The diff was over the size cap; `diffFull` describes it."
+    )
+    diffFull: DiffSummary | None = None
+    diffNonUtf8: bool = Field(
+        default=False,
+        description="The files hold bytes that are not UTF-8; the diff shows each as U+FFFD "
+        "(the files keep them).",
+    )
     restarted: bool = False
     state: Literal["old", "new", "unknown"] = "old"
     files: dict[str, Literal["old", "new", "unknown"]] = Field(
@@ -275,6 +301,24 @@ class ServerResult(BaseModel):
         description="Each file this change wrote on the server and which version it holds now.",
     )
     durationMs: int | None = None
+
+
+class WarningInfo(BaseModel):
+    """One entry of a result's ``warnings``: something the change did that a reader should
+    know, though it did not stop it (``mclt_on_secondary``, ``same_ranges`` ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code: str
+    message: str
+    server: str | None = None
+
+
+def _warning_from_text(value: Any) -> Any:
+    """Journals of earlier versions hold warnings as plain text."""
+    if isinstance(value, str):
+        return {"code": "warning", "message": value}
+    return value
 
 
 class ResultData(BaseModel):
@@ -288,8 +332,16 @@ class ResultData(BaseModel):
     dryRun: bool = False
     servers: list[ServerResult] = Field(default_factory=list)
     error: ErrorInfo | None = None
-    warnings: list[str] = Field(default_factory=list)
+    warnings: list[WarningInfo] = Field(default_factory=list)
+    comment: str | None = Field(
+        default=None, description="The request's comment (a change ticket, say), for the audit."
+    )
     durationMs: int = 0
+
+    @field_validator("warnings", mode="before")
+    @classmethod
+    def _old_warnings(cls, value: Any) -> Any:
+        return [_warning_from_text(v) for v in value] if isinstance(value, list) else value
 
 
 EVENT_SOURCE = "urn:dhcp-failover-worker"
@@ -318,9 +370,33 @@ class ResultEvent(BaseModel):
 
     def to_json(self) -> bytes:
         """Structured-mode body. Absent optional attributes are omitted (CloudEvents has no
-        null attributes); inside ``data`` nulls stay, e.g. ``"error": null``."""
+        null attributes); inside ``data`` nulls stay, e.g. ``"error": null``. Every string is
+        made :func:`json_safe` first: UTF-8 cannot carry a lone surrogate."""
         doc = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
-        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+        return json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def safe_text(text: str) -> str:
+    """``text`` with every lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
+
+    Surrogates reach us two ways: a config byte that is not UTF-8, kept by the
+    ``surrogateescape`` decoding the engine works on, and a ``\\udXXX`` escape in request
+    JSON. Neither can be written as UTF-8, and both are shown as U+FFFD (docs/contract.md)."""
+    return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
+
+
+def json_safe(value: Any) -> Any:
+    """A JSON-able value with :func:`safe_text` applied to every string (keys too)."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {safe_text(str(k)): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def event_id(request_id: str, outcome: Outcome) -> str:

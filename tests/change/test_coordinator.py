@@ -288,8 +288,9 @@ async def test_remove_none_warns_that_both_servers_lease_the_same_scopes(world: 
     assert "range 10.20.0.100 10.20.0.199;" in world.secondary.config.decode()
     assert "deny all clients;" not in world.secondary.config.decode()
     (warning,) = result.warnings
-    assert PRIMARY in warning and SECONDARY in warning
-    assert all(scope in warning for scope in SCOPES)
+    assert warning.code == "same_ranges"
+    assert PRIMARY in warning.message and SECONDARY in warning.message
+    assert all(scope in warning.message for scope in SCOPES)
 
 
 async def test_remove_finds_the_partner_from_the_peer_address(world: World) -> None:

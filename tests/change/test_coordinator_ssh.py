@@ -73,6 +73,10 @@ class Probe:
     def config_path(self) -> str:
         return self.inner.config_path
 
+    @property
+    def working_directory(self) -> str:
+        return self.inner.working_directory
+
     async def read(self, path: str) -> bytes | None:
         return await self.inner.read(path)
 
@@ -254,7 +258,7 @@ async def test_remove_over_ssh_with_each_deconfigure_action(env: Env, action: st
         assert not any(scope in secondary for scope in SCOPES)
     else:
         assert "deny all clients;" not in secondary and all(s in secondary for s in SCOPES)
-        assert len(result.warnings) == 1 and SCOPES[0] in result.warnings[0]
+        assert len(result.warnings) == 1 and SCOPES[0] in result.warnings[0].message
     # The restart script runs the real dhcpd on the live file: both came up on the new one.
     assert [r.status for r in env.primary.restarts()] == ["ok"]
     assert [r.status for r in env.secondary.restarts()] == ["ok"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+
 from worker.change.staging import validation_setup
 
 MAIN = "/etc/dhcp/dhcpd.conf"
@@ -15,7 +17,7 @@ TREE = {
 
 
 def test_a_changed_main_file_alone_is_validated_as_staged() -> None:
-    setup = validation_setup(MAIN, TREE, [MAIN], "r1")
+    setup = validation_setup(MAIN, TREE, [MAIN], "r1", posixpath.dirname(MAIN))
 
     assert setup.target == "/etc/dhcp/.dhcpd.conf.r1.new"
     assert setup.copies == {}
@@ -23,7 +25,7 @@ def test_a_changed_main_file_alone_is_validated_as_staged() -> None:
 
 
 def test_a_changed_nested_include_gets_copies_along_its_include_path() -> None:
-    setup = validation_setup(MAIN, TREE, [B], "r1")
+    setup = validation_setup(MAIN, TREE, [B], "r1", posixpath.dirname(MAIN))
 
     assert setup.target == "/etc/dhcp/.dhcpd.conf.r1.check"
     main_copy, main_text = setup.copies[MAIN]
@@ -41,7 +43,7 @@ def test_a_changed_nested_include_gets_copies_along_its_include_path() -> None:
 
 
 def test_an_unchanged_include_stays_the_live_file() -> None:
-    setup = validation_setup(MAIN, TREE, [MAIN, A], "r1")
+    setup = validation_setup(MAIN, TREE, [MAIN, A], "r1", posixpath.dirname(MAIN))
 
     _, main_text = setup.copies[MAIN]
     assert 'include "/etc/dhcp/.a.conf.r1.new";' in main_text

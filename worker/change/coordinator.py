@@ -118,6 +118,7 @@ from worker.messages import (
     RemoveRequest,
     RequestId,
     ResultData,
+    WarningInfo,
 )
 
 log = structlog.stdlib.get_logger(__name__)
@@ -197,7 +198,7 @@ async def execute(
 
 
 async def _prepare_and_commit(
-    run: _Run, changes: list[ServerChange], warnings: list[str]
+    run: _Run, changes: list[ServerChange], warnings: list[WarningInfo]
 ) -> ResultData:
     """Under the locks: prepare (reversible), then commit and finish (shielded). Total."""
     try:
@@ -217,7 +218,10 @@ async def _prepare_and_commit(
 
 
 async def _commit_and_finish(
-    run: _Run, changes: list[ServerChange], warnings: list[str], cause: WorkerError | None = None
+    run: _Run,
+    changes: list[ServerChange],
+    warnings: list[WarningInfo],
+    cause: WorkerError | None = None,
 ) -> ResultData:
     """Commit (unless ``cause`` says to undo instead), roll back on failure, finish."""
     if cause is None:
@@ -315,7 +319,9 @@ def _anchors(request: ModifyRequest | RemoveRequest) -> list[str]:
     return [request.params.server]
 
 
-async def _plan_when_others_end(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]:
+async def _plan_when_others_end(
+    run: _Run, fleet: Fleet
+) -> tuple[list[ServerChange], list[WarningInfo]]:
     """Plan, even if another change's journal was seen before the locks: that change may be
     running still (its worker announced its outcome and holds the lock to record it). The
     check under the locks decides, before anything is touched. Only if the plan fails or
@@ -340,10 +346,10 @@ async def _plan_when_others_end(run: _Run, fleet: Fleet) -> tuple[list[ServerCha
     return await _plan(run, fleet)
 
 
-async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]:
+async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[WarningInfo]]:
     """Read every involved server's live tree and compute its candidate; no writes."""
     request = run.request
-    warnings: list[str] = []
+    warnings: list[WarningInfo] = []
     if isinstance(request, ModifyRequest):
         p = request.params
         hosts = {n: fleet.host(n) for n in (p.primary_server, p.secondary_server)}
@@ -367,7 +373,7 @@ async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[str]]
 
 async def _plan_remove(
     p: RemoveParams, fleet: Fleet, run: _Run
-) -> tuple[dict[str, RemoteHost], dict[str, Snapshot], list[ServerPlan], list[str]]:
+) -> tuple[dict[str, RemoteHost], dict[str, Snapshot], list[ServerPlan], list[WarningInfo]]:
     """Remove: the partners come from the peer blocks' ``peer address`` and the inventory."""
     hosts = {p.server: fleet.host(p.server)}
     snaps = await _snapshots(hosts, run)
@@ -399,7 +405,7 @@ async def _plan_remove(
 
 def _same_ranges_warnings(
     p: RemoveParams, configs: dict[str, ConfigSet], pairs: dict[str, tuple[str, str]]
-) -> list[str]:
+) -> list[WarningInfo]:
     """DeconfigureAction None leaves both servers serving the same pools: say which."""
     if p.deconfigure_action is not DeconfigureAction.none:
         return []
@@ -407,10 +413,11 @@ def _same_ranges_warnings(
     for name, (primary, secondary) in pairs.items():
         scopes = [s.label for s in configs[primary].peer(name).pools]
         if scopes:
-            warnings.append(
+            message = (
                 f"DeconfigureAction None: {primary} and {secondary} now both lease from the "
                 f"same ranges, formerly shared by failover peer {name!r}: " + "; ".join(scopes)
             )
+            warnings.append(WarningInfo(code="same_ranges", message=message, server=secondary))
     return warnings
 
 
@@ -467,7 +474,7 @@ async def _refuse_if_unfinished(
 
 def _parse(snapshot: Snapshot) -> ConfigSet:
     try:
-        return ConfigSet.parse(snapshot.texts(), snapshot.main)
+        return ConfigSet.parse(snapshot.texts(), snapshot.main, snapshot.base)
     except WorkerError as exc:
         exc.server = exc.server or snapshot.server
         raise
@@ -562,7 +569,7 @@ async def _save_new_journal(change: ServerChange, journal: Journal | None) -> No
 
 
 def _new_journals(
-    run: _Run, changes: list[ServerChange], warnings: list[str]
+    run: _Run, changes: list[ServerChange], warnings: list[WarningInfo]
 ) -> dict[str, Journal]:
     """One journal per changed server: the plan, and the report a resumed run answers with."""
     reports = [c.report for c in changes]
@@ -583,10 +590,10 @@ def _new_journals(
     }
 
 
-async def _discard(changes: Sequence[ServerChange], request_id: str) -> list[str]:
+async def _discard(changes: Sequence[ServerChange], request_id: str) -> list[WarningInfo]:
     """Remove everything a change that never went live left behind; report what could not
     be removed as warnings (the next run of the request removes it)."""
-    problems: list[str] = []
+    problems: list[WarningInfo] = []
     for change in changed_only(changes):
         try:
             await _remove_temps(change)
@@ -594,8 +601,14 @@ async def _discard(changes: Sequence[ServerChange], request_id: str) -> list[str
                 await delete_journal(change.host, change.journal)
         except Exception as exc:
             log.warning("cleanup.failed", server=change.name, error=str(exc))
-            problems.append(f"cleanup on {change.name} failed: {exc}")
+            problems.append(_cleanup_failed(change, exc))
     return problems
+
+
+def _cleanup_failed(change: ServerChange, exc: BaseException) -> WarningInfo:
+    return WarningInfo(
+        code="cleanup_failed", message=f"cleanup on {change.name} failed: {exc}", server=change.name
+    )
 
 
 async def _remove_temps(change: ServerChange) -> None:
@@ -612,17 +625,21 @@ async def _finish(
     changes: list[ServerChange],
     outcome: Outcome,
     error: WorkerError | None,
-    warnings: list[str],
+    warnings: list[WarningInfo],
 ) -> ResultData:
     """The servers are in their final state: announce the outcome, then clean up, prune and
     record it, all at once (they touch disjoint files). A problem here is logged (and a
     warning, unless the result was already announced), never a different outcome."""
     warnings = list(warnings)
     if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
-        warnings += [f"{c.name}: {p}" for c in changed_only(changes) for p in c.problems]
+        warnings += [
+            WarningInfo(code="rollback_problem", message=p, server=c.name)
+            for c in changed_only(changes)
+            for p in c.problems
+        ]
     result = run.announced(run.result(outcome, changes, error, warnings))
 
-    async def clean(change: ServerChange) -> str | None:
+    async def clean(change: ServerChange) -> WarningInfo | None:
         """One server's cleanup; its prunes touch disjoint files, so they run at once."""
         try:
             await _remove_temps(change)
@@ -646,23 +663,24 @@ async def _finish(
             await _all_of(prunes)
         except Exception as exc:
             log.warning("cleanup.failed", server=change.name, error=str(exc))
-            return f"cleanup on {change.name} failed: {exc}"
+            return _cleanup_failed(change, exc)
         return None
 
     *problems, recorded = await asyncio.gather(
         *(clean(c) for c in changed_only(changes)), _record(changes, result)
     )
-    late = [p for p in problems if isinstance(p, str)] + list(recorded or [])
+    late = [p for p in problems if isinstance(p, WarningInfo)]
+    late += [r for r in recorded or [] if isinstance(r, WarningInfo)]
     return run.with_late_warnings(result, late)
 
 
-async def _record(changes: list[ServerChange], result: ResultData) -> list[str]:
+async def _record(changes: list[ServerChange], result: ResultData) -> list[WarningInfo]:
     """Store the outcome in every journal, the first server's last: it is read first, so once
     it has its done record every server has one. The running journals a done record replaces
     are removed alongside (a leftover one is harmless: the done record ends the change).
     Returns a warning per server it could not be stored on."""
     stored = result.model_copy(deep=True)
-    problems: list[str] = []
+    problems: list[WarningInfo] = []
     removals: list[asyncio.Task[None]] = []
     for change in reversed(changed_only(changes)):
         journal = change.journal
@@ -673,9 +691,12 @@ async def _record(changes: list[ServerChange], result: ResultData) -> list[str]:
             await write_journal(change.host, journal)
         except Exception as exc:
             log.error("journal.not_recorded", server=change.name, error=str(exc))
-            problems.append(
+            message = (
                 f"outcome not recorded on {change.name} ({exc}); "
                 "a rerun of this request will derive it from the servers again"
+            )
+            problems.append(
+                WarningInfo(code="outcome_not_recorded", message=message, server=change.name)
             )
             continue
         removals.append(asyncio.ensure_future(remove_running_journal(change.host, journal)))
@@ -718,7 +739,7 @@ class _Run:
         outcome: Outcome,
         changes: Sequence[ServerChange],
         error: WorkerError | None = None,
-        warnings: Sequence[str] = (),
+        warnings: Sequence[WarningInfo] = (),
     ) -> ResultData:
         dry_run = self.request.dry_run
         return ResultData(
@@ -745,7 +766,7 @@ class _Run:
                 self.was_announced = True
         return result
 
-    def with_late_warnings(self, result: ResultData, late: list[str]) -> ResultData:
+    def with_late_warnings(self, result: ResultData, late: list[WarningInfo]) -> ResultData:
         """Problems found after the outcome was announced are only logged (the announced
         result is the one recorded and published); otherwise they are warnings."""
         if not late or self.was_announced:

@@ -36,7 +36,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from worker.change.ports import RemoteHost
 from worker.errors import Failed
-from worker.messages import ErrorInfo, Phase, ResultData, ServerResult
+from worker.messages import ErrorInfo, Phase, ResultData, ServerResult, WarningInfo
 
 JOURNAL_PREFIX = ".dhcp-failover-journal."
 DONE_PREFIX = ".dhcp-failover-done."
@@ -95,7 +95,7 @@ class Journal(BaseModel):
     # the rollback starts; a server holding a new file is taken as restarted anyway
     files: list[FileRecord]
     report: list[ServerResult] = []  # the plan's view of every server, for a resumed run
-    warnings: list[str] = []
+    warnings: list[WarningInfo] = []
     error: ErrorInfo | None = None  # why a rollback started
     outcome: ResultData | None = None  # set with step ``done``
     updated: str = ""

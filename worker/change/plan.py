@@ -78,8 +78,8 @@ def plan_modify(
     new_primary = modify(primary, p.name, settings)
     new_secondary = modify(secondary, p.name, settings)
     check_pair(
-        ConfigSet.parse(new_primary, primary.main),
-        ConfigSet.parse(new_secondary, secondary.main),
+        ConfigSet.parse(new_primary, primary.main, primary.base),
+        ConfigSet.parse(new_secondary, secondary.main, secondary.base),
         p.name,
     )
     return (
@@ -132,7 +132,7 @@ def plan_remove(
         if not names:
             continue
         after = remove(cs, names, p.deconfigure_action)
-        _check_removed(ConfigSet.parse(after, cs.main), names)
+        _check_removed(ConfigSet.parse(after, cs.main, cs.base), names)
         role: Role = "primary" if pairs[names[0]][0] == server else "secondary"
         plans.append(ServerPlan(server, role, cs.main, cs.texts(), after))
     return plans

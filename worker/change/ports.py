@@ -10,6 +10,10 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+#: The most one :meth:`RemoteHost.read` returns. A dhcpd.conf of 20,000 subnets is about
+#: 4 MiB; anything beyond this is a mistake or a device (``include "/dev/zero";``).
+MAX_READ_BYTES = 32 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class CommandResult:
@@ -43,8 +47,16 @@ class RemoteHost(Protocol):
         """Absolute path of the live dhcpd.conf on the server."""
         ...
 
+    @property
+    def working_directory(self) -> str:
+        """The directory dhcpd resolves a relative ``include`` path against: its working
+        directory when it starts. ``validate_command`` runs there too, so ``dhcpd -t`` reads
+        the same files the worker read (default: the directory of ``config_path``)."""
+        ...
+
     async def read(self, path: str) -> bytes | None:
-        """The file's bytes, or None when it does not exist."""
+        """The file's bytes, or None when it does not exist. At most :data:`MAX_READ_BYTES`:
+        a longer file, or one that never ends, is ``RemoteFileTooLarge``."""
         ...
 
     async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:

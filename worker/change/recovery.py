@@ -44,7 +44,7 @@ from worker.change.ports import Fleet, RemoteHost
 from worker.change.snapshot import decode, read_snapshot, sha256_hex
 from worker.change.staging import validate_tree
 from worker.errors import WorkerError
-from worker.messages import ErrorInfo, Phase, ResultData
+from worker.messages import ErrorInfo, Phase, ResultData, WarningInfo
 
 Verdict = Literal["replan", "conflict", "back", "forward"]
 
@@ -57,7 +57,7 @@ class Resumed:
     verdict: Verdict
     reason: str
     cause: WorkerError | None = None  # why a rollback had started, if one had
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[WarningInfo] = field(default_factory=list)
 
 
 async def find_previous(

@@ -35,11 +35,11 @@ class ValidationSetup:
 
 
 def validation_setup(
-    main: str, after: Mapping[str, str], changed: Collection[str], request_id: str
+    main: str, after: Mapping[str, str], changed: Collection[str], request_id: str, base: str
 ) -> ValidationSetup:
     """Pure: which validation copies a tree needs. A file needs one when a file it includes
     (directly or not) changed; a changed file with no such include is validated as staged."""
-    includes = {path: includes_of(text, path, main) for path, text in after.items()}
+    includes = {path: includes_of(text, path, base) for path, text in after.items()}
     memo: dict[str, bool] = {}
 
     def affected(path: str, seen: frozenset[str] = frozenset()) -> bool:
@@ -81,7 +81,7 @@ async def validate_tree(
     """Run the server's validate command on the staged tree; raise ``ValidationFailed`` with
     dhcpd's own message, file and line when it refuses. Validation copies are removed once
     dhcpd has run; on an exception they are left in ``temps`` for the caller's cleanup."""
-    setup = validation_setup(main, after, changed, request_id)
+    setup = validation_setup(main, after, changed, request_id, host.working_directory)
     temps = temps if temps is not None else set()
     for live, (copy, text) in setup.copies.items():
         temps.add(copy)

@@ -21,10 +21,12 @@ from worker.errors import ConfigError, PeerNotFound
 class ConfigSet:
     """Parsed files by path; ``main`` is the key of the main file."""
 
-    def __init__(self, docs: Mapping[str, Document], main: str) -> None:
+    def __init__(self, docs: Mapping[str, Document], main: str, base: str | None = None) -> None:
         if main not in docs:
             raise ConfigError(f"main file {main!r} is not among the files given", file=main)
         self.main = main
+        #: Where a relative include resolves: dhcpd's working directory (default: main's).
+        self.base = base if base is not None else posixpath.dirname(main)
         self.docs: dict[str, Document] = dict(docs)
         self.declarations: dict[str, PeerDecl] = {}
         self.references: list[Reference] = []
@@ -33,9 +35,10 @@ class ConfigSet:
             self._scan()
 
     @classmethod
-    def parse(cls, files: Mapping[str, str], main: str) -> ConfigSet:
-        """Parse every file; ConfigError (file, line, column) for text we cannot handle."""
-        return cls({path: parse(text, path) for path, text in files.items()}, main)
+    def parse(cls, files: Mapping[str, str], main: str, base: str | None = None) -> ConfigSet:
+        """Parse every file; ConfigError (file, line, column) for text we cannot handle.
+        ``base``: the directory a relative include is resolved against (default: main's)."""
+        return cls({path: parse(text, path) for path, text in files.items()}, main, base)
 
     def texts(self) -> dict[str, str]:
         """Every file rendered back (identical to what was parsed)."""
@@ -136,7 +139,7 @@ class ConfigSet:
         path = include_target(doc, node)
         if path is None:
             return None
-        candidates = (path, posixpath.normpath(posixpath.join(posixpath.dirname(self.main), path)))
+        candidates = (path, posixpath.normpath(posixpath.join(self.base, path)))
         return next((c for c in candidates if c in self.docs), None)
 
 

@@ -1,4 +1,4 @@
-"""The inventory (CONTRACT.md §4): the only servers the worker will ever contact.
+"""The inventory (docs/contract.md §4): the only servers the worker will ever contact.
 
 A TOML file with one ``[servers."NAME"]`` table per DHCP server. It is validated strictly at
 load time -- unknown keys are errors, client keys and known_hosts must exist -- because a typo
@@ -82,6 +82,12 @@ class ServerEntry(BaseModel):
     lock_path: str | None = Field(
         default=None, description=f"Change-lock file; default <config dir>/{LOCK_FILE_NAME}."
     )
+    working_directory: str | None = Field(
+        default=None,
+        description="dhcpd's working directory when it starts: a relative `include` is "
+        "resolved against it, and validate_command runs in it; default: the config's "
+        "directory.",
+    )
 
     @field_validator("client_keys", "known_hosts", mode="after")
     @classmethod
@@ -107,6 +113,26 @@ class ServerEntry(BaseModel):
     def _lock_path_absolute(cls, value: str | None) -> str | None:
         return None if value is None else _absolute_posix(value)
 
+    @field_validator("working_directory", mode="after")
+    @classmethod
+    def _working_directory_absolute(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not value or "\0" in value or "\n" in value or not posixpath.isabs(value):
+            raise ValueError(f"must be an absolute directory on the server, not {value!r}")
+        return posixpath.normpath(value)
+
+    @model_validator(mode="after")
+    def _lock_is_not_the_config(self) -> ServerEntry:
+        """A commit renames the candidate over the config: a lock on that name would move
+        to a new inode mid-change, and two workers could then both hold "the" lock."""
+        if self.effective_lock_path == self.config_path:
+            raise ValueError(
+                "lock_path must not be config_path (the commit's rename would replace the "
+                "lock file); omit it or name a file of its own"
+            )
+        return self
+
     @field_validator("validate_command", mode="after")
     @classmethod
     def _validate_takes_path(cls, value: str) -> str:
@@ -124,6 +150,10 @@ class ServerEntry(BaseModel):
     @property
     def effective_lock_path(self) -> str:
         return self.lock_path or posixpath.join(posixpath.dirname(self.config_path), LOCK_FILE_NAME)
+
+    @property
+    def effective_working_directory(self) -> str:
+        return self.working_directory or posixpath.dirname(self.config_path)
 
     def host_matches(self, addresses: tuple[str, ...]) -> bool:
         return any(_same_address(self.host, a) for a in addresses)

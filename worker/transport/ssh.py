@@ -62,7 +62,7 @@ from typing import TYPE_CHECKING, NoReturn, TypeVar
 import asyncssh
 import structlog
 
-from worker.change.ports import CommandResult, Fleet, RemoteHost
+from worker.change.ports import MAX_READ_BYTES, CommandResult, Fleet, RemoteHost
 from worker.errors import (
     Ambiguous,
     CommandFailed,
@@ -70,6 +70,7 @@ from worker.errors import (
     LockTimeout,
     RemoteFileError,
     RemoteFileNotFound,
+    RemoteFileTooLarge,
     UnknownServer,
     Unreachable,
 )
@@ -183,6 +184,10 @@ class SshHost:
     @property
     def config_path(self) -> str:
         return self._server.config_path
+
+    @property
+    def working_directory(self) -> str:
+        return self._server.effective_working_directory
 
     @property
     def server(self) -> ServerEntry:
@@ -410,9 +415,16 @@ class SshHost:
                 return None
             try:
                 chunks: list[bytes] = []
+                size = 0
                 while True:
                     chunk: bytes = await f.read(block)
                     chunks.append(chunk)
+                    size += len(chunk)
+                    if size > MAX_READ_BYTES:  # a huge file, or a device that never ends
+                        raise RemoteFileTooLarge(
+                            f"{self._name}: {path} is larger than {MAX_READ_BYTES} bytes; not read",
+                            server=self._name,
+                        )
                     if len(chunk) < block:
                         return b"".join(chunks)
             finally:
@@ -652,7 +664,10 @@ class SshHost:
     # -- commands -------------------------------------------------------------------------------
 
     async def validate(self, path: str) -> CommandResult:
-        return await self._run(_substitute(self._server.validate_command, path))
+        """``validate_command`` run in the working directory, where dhcpd resolves a
+        relative include (as the worker did when it read the tree)."""
+        command = _substitute(self._server.validate_command, path)
+        return await self._run(command, cwd=self.working_directory)
 
     async def restart(self) -> CommandResult:
         """Restart and verify in one request: ``restart && verify``."""
@@ -662,13 +677,12 @@ class SshHost:
             command = f"{command} && {_substitute(s.verify_command, s.config_path)}"
         return await self._run(command)
 
-    async def _run(self, command: str) -> CommandResult:
+    async def _run(self, command: str, *, cwd: str | None = None) -> CommandResult:
         timeout = self._options.command_timeout
         started = time.monotonic()
+        line = command if cwd is None else f"cd {shlex.quote(cwd)} && {command}"
         try:
-            agent, reply = await self._request(
-                "run", f"{timeout + KILL_GRACE:.3f}", command, timeout
-            )
+            agent, reply = await self._request("run", f"{timeout + KILL_GRACE:.3f}", line, timeout)
         except AgentTimeout as e:
             raise Ambiguous(
                 f"{self._name}: `{command}` did not finish within {timeout:g}s; "
