@@ -29,6 +29,7 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         lock_timeout=settings.lock_timeout,
         backup_retention=settings.backup_retention,
         journal_retention=settings.journal_retention,
+        max_diff_bytes=settings.max_diff_bytes,
     )
 
     async def handler(

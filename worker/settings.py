@@ -10,7 +10,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every name in CONTRACT.md §1 is a default here and can be changed by configuration."""
+    """Every name in docs/contract.md §1 is a default here and can be changed by configuration."""
 
     model_config = SettingsConfigDict(env_prefix="DHCP_FAILOVER_", extra="ignore")
 
@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     backup_retention: int = Field(default=5, ge=1)
     journal_retention: int = Field(
         default=100, ge=1, description="Finished-change records kept per server (idempotency)."
+    )
+    max_diff_bytes: int = Field(
+        default=64 * 1024,
+        ge=1024,
+        description="The most of one server's diff an event or journal carries; beyond it the "
+        "diff is cut, flagged diffTruncated and described by its sha256 and line counts.",
     )
 
     log_format: Literal["auto", "json", "console"] = "auto"

@@ -136,6 +136,9 @@ class ChangeOptions:
     #: Finished journals kept per server: how long a redelivered request still gets its
     #: recorded outcome back instead of being planned afresh.
     journal_retention: int = 100
+    #: The most of a server's diff an event (and a journal) carries; beyond it the diff is
+    #: cut and described (``diffTruncated``, ``diffFull``).
+    max_diff_bytes: int = 64 * 1024
 
 
 Announce = Callable[[ResultData], None]
@@ -155,7 +158,35 @@ async def execute(
 ) -> ResultData:
     """Apply one request to every server it touches, both or neither; never raises for
     anything a request or a server can cause (``CancelledError`` does propagate)."""
-    run = _Run(request, request_id, options, announce)
+    return await _execute(_Run(request, request_id, options, announce), fleet)
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A dry run's result and the changes it planned, whole: each server's candidate texts
+    (``ServerChange.after_texts``) and its report."""
+
+    result: ResultData
+    changes: list[ServerChange]
+
+
+async def preview(
+    request: ModifyRequest | RemoveRequest,
+    request_id: str,
+    fleet: Fleet,
+    options: ChangeOptions = ChangeOptions(),
+) -> Preview:
+    """Run ``request`` as a dry run (plan, lock, stage, validate, discard) and hand back what
+    it planned: the offline ``plan`` command runs exactly this, on local hosts, so a plan that
+    says "would apply" is the worker's own judgement."""
+    dry = request if request.dry_run else request.model_copy(update={"dry_run": True})
+    run = _Run(dry, request_id, options)
+    result = await _execute(run, fleet)
+    return Preview(result, run.planned)
+
+
+async def _execute(run: _Run, fleet: Fleet) -> ResultData:
+    request, request_id, options = run.request, run.request_id, run.options
     with structlog.contextvars.bound_contextvars(requestId=request_id):
         log.info("change.start", command=request.command, dry_run=request.dry_run)
         try:
@@ -359,10 +390,18 @@ async def _plan(run: _Run, fleet: Fleet) -> tuple[list[ServerChange], list[Warni
     else:
         hosts, snaps, plans, warnings = await _plan_remove(request.params, fleet, run)
     changes = [
-        planned_change(hosts[plan.server], snaps[plan.server], plan, run.request_id, run.stamp)
+        planned_change(
+            hosts[plan.server],
+            snaps[plan.server],
+            plan,
+            run.request_id,
+            run.stamp,
+            run.options.max_diff_bytes,
+        )
         for plan in plans
     ]
     changes.sort(key=lambda c: list(hosts).index(c.name))  # commit order: anchor first
+    run.planned = changes
     log.info(
         "plan.done",
         servers=[c.name for c in changes],
@@ -729,6 +768,8 @@ class _Run:
     rereads: dict[str, asyncio.Future[list[bytes | None]]] = field(default_factory=dict)
     #: Whether :data:`Announce` has been told the outcome.
     was_announced: bool = False
+    #: The changes the last plan computed (for :func:`preview`).
+    planned: list[ServerChange] = field(default_factory=list)
     #: Servers where another change was unfinished before the locks (maybe still running)...
     busy: set[str] = field(default_factory=set)
     #: ...and whether that now fails the plan (after waiting for their locks once).

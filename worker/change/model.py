@@ -130,7 +130,12 @@ class ServerChange:
 
 
 def planned_change(
-    host: RemoteHost, snapshot: Snapshot, plan: ServerPlan, request_id: str, stamp: str
+    host: RemoteHost,
+    snapshot: Snapshot,
+    plan: ServerPlan,
+    request_id: str,
+    stamp: str,
+    max_diff_bytes: int = 64 * 1024,
 ) -> ServerChange:
     """A server's change from its plan. Files are ordered includes first, main file last, so a
     server never holds a new main file that includes an old include for longer than needed."""
