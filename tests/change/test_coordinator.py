@@ -1053,7 +1053,7 @@ async def test_an_operator_can_follow_a_change_in_the_logs(world: World) -> None
     assert end["event"] == "change.end" and end["outcome"] == "succeeded"
 
 
-# -- announce: the outcome told before the clean-up ---------------------------------------------
+# -- announce: the outcome recorded, then told, then the clean-up ---------------------------------
 
 
 class Announcements:
@@ -1074,7 +1074,7 @@ def done_writes(ops: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
 
 
 @pytest.mark.parametrize("restart_failures", [0, 1], ids=["succeeded", "rolled_back"])
-async def test_the_outcome_is_announced_once_before_cleanup_and_then_recorded(
+async def test_the_outcome_is_recorded_on_both_servers_then_announced_once_then_cleaned_up(
     world: World, restart_failures: int
 ) -> None:
     world.secondary.restart_failures = restart_failures
@@ -1087,9 +1087,10 @@ async def test_the_outcome_is_announced_once_before_cleanup_and_then_recorded(
     assert told.outcome in (Outcome.succeeded, Outcome.rolled_back)
     (before,) = announced.seen
     restarts = [(n, *op) for n, *op in world.timeline if op == ["restart"]]
-    assert [(n, *op) for n, *op in before if op == ["restart"]] == restarts  # final state...
-    assert done_writes(before) == [] and ("unlock",) not in [tuple(o) for _, *o in before]
-    assert len(done_writes(world.timeline)) == 2  # ...then recorded on both
+    assert [(n, *op) for n, *op in before if op == ["restart"]] == restarts  # final state,
+    assert len(done_writes(before)) == 2  # recorded on both before anything is told,
+    assert ("unlock",) not in [tuple(o) for _, *o in before]
+    assert not [op for op in before if op[1] == "remove"]  # the clean-up only afterwards
     assert world.locked() == []
     again = await execute(modify_request(), "req-modify-1", world.fleet, announce=announced)
     assert len(announced.results) == 1  # a replay is returned, not announced
@@ -1132,17 +1133,17 @@ async def test_a_request_arriving_while_the_last_change_finishes_waits_for_it(
     world: World,
 ) -> None:
     # The publisher got the first change's event (announced) and sends the next request at
-    # once, while the first still holds the locks to record its outcome: the next one must
-    # wait for them, not take the first's journal for a cut-off change.
+    # once, while the first still holds the locks to clean up: the next one must wait for
+    # them, not take the first's running journal for a cut-off change.
     recording = asyncio.Event()
-    write = world.secondary.write
+    remove = world.secondary.remove
 
-    async def slow_done_record(path: str, data: bytes, *, like: str | None = None) -> None:
-        if "-done." in path:
+    async def slow_cleanup(path: str) -> None:
+        if "-journal." in path:
             await recording.wait()
-        await write(path, data, like=like)
+        await remove(path)
 
-    world.secondary.write = slow_done_record  # type: ignore[method-assign]
+    world.secondary.remove = slow_cleanup  # type: ignore[method-assign]
     nexts: list[asyncio.Task[Any]] = []
 
     def publish_and_get_the_next_request(result: Any) -> None:

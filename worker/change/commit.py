@@ -19,12 +19,12 @@ such a server is not restarted, because restarting it would only run the wrong f
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
 
+from worker.change.aio import all_of
 from worker.change.journal import Step, restore_path, save_journal
 from worker.change.model import FileChange, FileState, ServerChange, changed_only
 from worker.change.ports import CommandResult, RemoteHost
@@ -60,13 +60,6 @@ async def save_step(change: ServerChange, step: Step, **fields: Any) -> None:
         setattr(journal, key, value)
     journal.step = step
     await save_journal(change.host, journal)
-
-
-async def _all_of(steps: Sequence[Awaitable[object]]) -> None:
-    """Await ``steps`` at once; all finish before the first error (in order) is raised."""
-    for result in await asyncio.gather(*steps, return_exceptions=True):
-        if isinstance(result, BaseException):
-            raise result
 
 
 def restart_error(server: str, result: CommandResult, phase: Phase) -> CommandFailed:
@@ -107,10 +100,10 @@ async def _commit_server(change: ServerChange) -> None:
         if f.before is None or f.after is None:  # only a damaged resumed change gets here
             raise WorkerError(f"{f.path}: backup or candidate missing", code="journal_mismatch")
     if change.snapshot is None:  # resumed: the earlier run may have made the backups already
-        await _all_of([host.remove(f.backup) for f in pending])
+        await all_of([host.remove(f.backup) for f in pending])
     # The backup is a hard link to the live file (which still holds the old bytes): the
     # rename below gives the live name a new file, the backup keeps the old one.
-    await _all_of([host.link(f.path, f.backup) for f in pending])
+    await all_of([host.link(f.path, f.backup) for f in pending])
     for f in pending:
         f.linked = True
     for f in pending:

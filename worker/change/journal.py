@@ -18,6 +18,7 @@ File names carry a UTC stamp so pruning can keep "the newest N" with nothing but
     <file dir>/.<file name>.<request id>.new              the candidate, renamed over the live file
     <file dir>/.<file name>.<request id>.check            a validation copy with rewritten includes
     <file dir>/.<file name>.<request id>.restore          the backup's bytes on their way back
+    <file dir>/.<file name>.<12 hex>.tmp                  an atomic write in flight (ports)
 
 Everything sits in the live file's own directory, so every rename is atomic (same filesystem)
 and AppArmor profiles that allow the config directory allow these too.
@@ -34,7 +35,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from worker.change.ports import RemoteHost
+from worker.change.ports import WRITE_TEMP_NAME, RemoteHost
 from worker.errors import Failed
 from worker.messages import ErrorInfo, Phase, ResultData, ServerResult, WarningInfo
 
@@ -96,6 +97,7 @@ class Journal(BaseModel):
     files: list[FileRecord]
     report: list[ServerResult] = []  # the plan's view of every server, for a resumed run
     warnings: list[WarningInfo] = []
+    comment: str | None = None  # the request's comment (a change ticket), for the audit
     error: ErrorInfo | None = None  # why a rollback started
     outcome: ResultData | None = None  # set with step ``done``
     updated: str = ""
@@ -222,10 +224,11 @@ async def save_journal(host: RemoteHost, journal: Journal) -> None:
 
 
 async def write_journal(host: RemoteHost, journal: Journal) -> None:
-    """Write the journal under its current name, atomically; one ``write``."""
+    """Write the journal under its current name, atomically; one ``write``. It gets the
+    config's mode and owner: it quotes the config (the diff), so it is as private."""
     journal.updated = datetime.now(UTC).isoformat()
     data = journal.model_dump_json(exclude_none=True).encode()
-    await host.write(journal.path(journal_dir(host)), data, like=None)
+    await host.write(journal.path(journal_dir(host)), data, like=host.config_path)
 
 
 async def remove_running_journal(host: RemoteHost, journal: Journal) -> None:
@@ -262,18 +265,54 @@ async def prune_backups(
     return doomed
 
 
+def records(names: Sequence[str]) -> dict[str, tuple[str | None, str | None]]:
+    """Request id -> (its running journal's name, its done record's name) in a listing."""
+    found: dict[str, tuple[str | None, str | None]] = {}
+    for name in sorted(names):
+        if m := _RECORD_NAME.match(name):
+            running, done = found.get(m["rid"], (None, None))
+            if m["prefix"] == DONE_PREFIX:
+                done = name
+            else:
+                running = name
+            found[m["rid"]] = (running, done)
+    return found
+
+
 async def prune_journals(host: RemoteHost, keep: int, names: list[str] | None = None) -> list[str]:
-    """Remove done records beyond the newest ``keep``. Running journals are never removed:
-    they are how a cut-off change gets finished. ``names`` as for :func:`prune_backups`."""
+    """Remove done records beyond the newest ``keep``, and running journals that a done
+    record beside them has ended (the leftover of a removal that failed). A running journal
+    without a done record is never removed: it is how a cut-off change gets finished; and a
+    done record goes only once no running journal of its request is left beside it, or that
+    journal would turn into an unfinished change. ``names`` as for :func:`prune_backups`."""
     directory = journal_dir(host)
     if names is None:
         names = await host.listdir(directory)
-    found = sorted(
-        (m["stamp"], name)
-        for name in names
-        if (m := _RECORD_NAME.match(name)) and m["prefix"] == DONE_PREFIX
+    found = records(names)
+    leftovers = {rid: running for rid, (running, done) in found.items() if running and done}
+    results = await asyncio.gather(
+        *(host.remove(posixpath.join(directory, n)) for n in leftovers.values()),
+        return_exceptions=True,
     )
-    doomed = [posixpath.join(directory, name) for _, name in found[: max(len(found) - keep, 0)]]
+    kept = {rid for rid, r in zip(leftovers, results, strict=True) if isinstance(r, Exception)}
+    done = sorted(
+        (m["stamp"], name, m["rid"])
+        for _, name in found.values()
+        if name and (m := _RECORD_NAME.match(name))
+    )
+    beyond = done[: max(len(done) - keep, 0)]
+    doomed = [posixpath.join(directory, name) for _, name, rid in beyond if rid not in kept]
+    await _remove_all(host, doomed)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
+    return [posixpath.join(directory, n) for n in leftovers.values()] + doomed
+
+
+async def prune_temps(host: RemoteHost, directory: str, names: Sequence[str]) -> list[str]:
+    """Remove the temp files of writes cut off mid-way (``ports.WRITE_TEMP_NAME``). Only
+    under the change lock: then no write of ours is in flight in this directory."""
+    doomed = [posixpath.join(directory, n) for n in names if WRITE_TEMP_NAME.match(n)]
     await _remove_all(host, doomed)
     return doomed
 

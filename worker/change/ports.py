@@ -6,6 +6,7 @@ through :class:`RemoteHost`, and resolves names through :class:`Fleet`.
 
 from __future__ import annotations
 
+import re
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
@@ -13,6 +14,11 @@ from typing import Protocol
 #: The most one :meth:`RemoteHost.read` returns. A dhcpd.conf of 20,000 subnets is about
 #: 4 MiB; anything beyond this is a mistake or a device (``include "/dev/zero";``).
 MAX_READ_BYTES = 32 * 1024 * 1024
+
+#: The temp file :meth:`RemoteHost.write` uses beside ``path``: ``.<name>.<12 hex>.tmp``. A
+#: write cut off by a lost connection can leave one behind; a change removes them under the
+#: lock (:mod:`worker.change.finish`), so adapters must name their temp files this way.
+WRITE_TEMP_NAME = re.compile(r"^\..+\.[0-9a-f]{12}\.tmp$")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,114 @@
+"""Taking every server's change lock a change touches, without deadlock and without waiting
+longer than needed.
+
+The name order is what keeps two changes sharing servers from deadlocking; waiting for a lock
+in it costs a round trip per server, so all are first *tried* at once without waiting. If some
+are busy, the ones held before the first busy one in name order are kept (a prefix of the
+order: holding it while waiting is exactly the ordered protocol), the others released, and the
+rest taken one by one in order with the bounded wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from types import TracebackType
+from typing import Any
+
+import structlog
+
+from worker.change.ports import RemoteHost
+from worker.errors import LockTimeout
+
+log = structlog.stdlib.get_logger(__name__)
+
+_UNSET = object()
+
+
+@asynccontextmanager
+async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[None]:
+    """Every server's change lock, taken as if in name order and released however the body
+    ends. A failed release is logged, not raised: the server drops the lock with the
+    connection. They are released all at once (last taken first).
+
+    The name order is what keeps two changes sharing servers from deadlocking; waiting for a
+    lock in it costs a round trip per server, so all are first *tried* at once without
+    waiting. If some are busy, the ones held before the first busy one in name order are kept
+    (a prefix of the order: holding it while waiting is exactly the ordered protocol), the
+    others released, and the rest taken one by one in order with the bounded wait."""
+    unique = {h.name: h for h in hosts}
+    names = sorted(unique)
+    held: list[Callable[..., Awaitable[bool]]] = []
+
+    async def release(*exc_info: Any) -> None:
+        await asyncio.gather(*(r(*exc_info) for r in reversed(held)))
+
+    async def take(name: str, patience: float) -> Callable[..., Awaitable[bool]]:
+        lock = unique[name].lock(patience)
+        await lock.__aenter__()
+        log.info("lock.acquired", server=name)
+        return _releaser(lock, name)
+
+    async def try_all() -> int:
+        """Try every lock at once without waiting; keep the ones before the first that was
+        not taken, release the others; return that one's position."""
+        # The tries share one copy of this context, adopted afterwards: a lock may record
+        # itself in a context variable (SshHost does, to refuse work once it is lost).
+        context = contextvars.copy_context()
+        tasks = [asyncio.create_task(take(n, 0.0), context=context) for n in names]
+        try:
+            await asyncio.wait(tasks)
+        finally:  # cancelled: no try left running; whatever was taken is released
+            if pending := [task for task in tasks if not task.done()]:
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+            for var, value in context.items():
+                if var.get(_UNSET) is not value:
+                    var.set(value)
+            tries: list[BaseException | Callable[..., Awaitable[bool]] | None] = [
+                task.exception() or task.result() if task.done() and not task.cancelled() else None
+                for task in tasks
+            ]
+            missed = [not callable(t) for t in tries]
+            first = missed.index(True) if True in missed else len(names)
+            held.extend(t for t in tries[:first] if callable(t))
+            surplus = [t for t in tries[first:] if callable(t)]
+            await asyncio.gather(*(r(None, None, None) for r in reversed(surplus)))
+        for outcome in tries:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, LockTimeout):
+                raise outcome
+        if first < len(names):
+            log.info("lock.busy", server=names[first])
+        return first
+
+    try:
+        first = await try_all() if len(names) > 1 else 0
+        for name in names[first:]:
+            held.append(await take(name, wait))
+        yield
+    except BaseException as exc:
+        await release(type(exc), exc, exc.__traceback__)
+        raise
+    await release(None, None, None)
+
+
+def _releaser(
+    lock: AbstractAsyncContextManager[None], name: str
+) -> Callable[
+    [type[BaseException] | None, BaseException | None, TracebackType | None], Awaitable[bool]
+]:
+    async def release(
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            await lock.__aexit__(exc_type, exc, tb)
+        except Exception as err:
+            log.error("lock.release_failed", server=name, error=str(err))
+        return False
+
+    return release

@@ -1,0 +1,259 @@
+"""The plan step of a change: read every involved server's live tree, compute its candidate.
+
+No writes and no locks. The reads run on the event loop; the CPU-heavy part (parsing,
+editing, checking the pair, the diffs and hashes) runs in a worker thread, so a 20,000-subnet
+config never stalls AMQP heartbeats, SSH keepalives or the other changes in flight.
+
+Another change unfinished on a server is looked at here too: one that has in fact ended (a
+done record on another of its servers) is completed on the spot (:func:`refuse_if_unfinished`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+from pydantic import TypeAdapter, ValidationError
+
+from worker.change.finish import complete, ended_elsewhere
+from worker.change.journal import journal_dir, list_journal_dir, unfinished_changes
+from worker.change.locks import hold_locks
+from worker.change.model import ServerChange, planned_change
+from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
+from worker.change.ports import RemoteHost
+from worker.change.run import Run
+from worker.change.snapshot import Snapshot, read_snapshot
+from worker.dhcpconf import ConfigSet
+from worker.errors import Failed, PairMismatch, Rejected, UnknownServer, WorkerError
+from worker.messages import (
+    DeconfigureAction,
+    ModifyRequest,
+    Phase,
+    RemoveParams,
+    RemoveRequest,
+    RequestId,
+    WarningInfo,
+)
+
+log = structlog.stdlib.get_logger("worker.change.coordinator")
+
+_REQUEST_ID: TypeAdapter[str] = TypeAdapter(RequestId)
+Planned = tuple[list[ServerChange], list[WarningInfo]]
+
+
+def check_request_id(request_id: str) -> None:
+    """The request id names files on the servers: refuse anything but the safe set."""
+    try:
+        _REQUEST_ID.validate_python(request_id)
+    except ValidationError:
+        raise Rejected(
+            f"request id {request_id[:140]!r} is not usable: 1-128 of [A-Za-z0-9._:-]",
+            code="invalid_request_id",
+        ) from None
+
+
+def anchors(request: ModifyRequest | RemoveRequest) -> list[str]:
+    """The servers known before any config is read: where a journal is looked up first."""
+    if isinstance(request, ModifyRequest):
+        return [request.params.primary_server, request.params.secondary_server]
+    return [request.params.server]
+
+
+async def plan_when_others_end(run: Run) -> Planned:
+    """Plan, even if another change's journal was seen before the locks: that change may be
+    running still (its worker holds the lock while it finishes). The check under the locks
+    decides, before anything is touched. Only if the plan fails or finds nothing to change
+    on what may be a half-changed pair (it takes no lock then) does it wait for those
+    servers' locks once and plan afresh; unfinished then means cut off, and the request
+    fails with ``unfinished_change``."""
+    try:
+        changes, warnings = await plan(run)
+        if not run.busy or any(c.changed for c in changes):
+            return changes, warnings
+    except WorkerError:
+        if not run.busy:
+            raise
+    busy = sorted(run.busy)
+    log.info("change.waiting", servers=busy, reason="another change is unfinished there")
+    run.drop_prefetched()
+    run.listings.clear()
+    run.busy.clear()
+    run.strict = True
+    async with hold_locks([run.fleet.host(n) for n in busy], run.options.lock_timeout):
+        pass
+    return await plan(run)
+
+
+async def plan(run: Run) -> Planned:
+    """Read every involved server's live tree and compute its candidate; no writes."""
+    request = run.request
+    if isinstance(request, ModifyRequest):
+        p = request.params
+        hosts = {n: run.fleet.host(n) for n in (p.primary_server, p.secondary_server)}
+        snaps = await snapshots(hosts, run)
+        changes, warnings = await asyncio.to_thread(_modify_changes, run, hosts, snaps)
+    else:
+        changes, warnings = await _plan_remove(request.params, run)
+    run.planned, run.warnings = changes, warnings
+    log.info(
+        "plan.done",
+        servers=[c.name for c in changes],
+        changed=[c.name for c in changes if c.changed],
+    )
+    return changes, warnings
+
+
+def _modify_changes(run: Run, hosts: dict[str, RemoteHost], snaps: dict[str, Snapshot]) -> Planned:
+    """In a worker thread: both candidates of a modify."""
+    assert isinstance(run.request, ModifyRequest)
+    primary, secondary = (parse(snaps[n]) for n in hosts)
+    plans = plan_modify(run.request.params, primary, secondary)
+    return _changes(run, hosts, snaps, plans), []
+
+
+async def _plan_remove(p: RemoveParams, run: Run) -> Planned:
+    """Remove: the partners come from the peer blocks' ``peer address`` and the inventory."""
+    fleet = run.fleet
+    hosts = {p.server: fleet.host(p.server)}
+    snaps = await snapshots(hosts, run)
+    configs = {p.server: await asyncio.to_thread(parse, snaps[p.server])}
+    pairs: dict[str, tuple[str, str]] = {}
+    for name, (role, address) in remove_partners(configs[p.server], p.names).items():
+        partner = fleet.server_for_address(address)
+        if partner is None:
+            raise UnknownServer(
+                f"failover peer {name!r} on {p.server}: its peer address {address} is not "
+                "a server in the inventory",
+                server=p.server,
+                phase=Phase.plan,
+            )
+        if partner == p.server:
+            raise PairMismatch(
+                f"failover peer {name!r} on {p.server}: its peer address {address} is "
+                f"{p.server} itself",
+                server=p.server,
+            )
+        pairs[name] = (p.server, partner) if role == "primary" else (partner, p.server)
+    partners = {n: fleet.host(n) for pair in pairs.values() for n in pair if n not in hosts}
+    snaps.update(await snapshots(partners, run))
+    hosts.update(partners)
+
+    def compute() -> Planned:
+        """In a worker thread: the partners parsed, every server's candidate."""
+        configs.update({n: parse(snaps[n]) for n in partners})
+        plans = list(plan_remove(p, configs, pairs))
+        return _changes(run, hosts, snaps, plans), _same_ranges_warnings(p, configs, pairs)
+
+    return await asyncio.to_thread(compute)
+
+
+def _changes(
+    run: Run, hosts: dict[str, RemoteHost], snaps: dict[str, Snapshot], plans: Sequence[ServerPlan]
+) -> list[ServerChange]:
+    changes = [
+        planned_change(
+            hosts[plan.server],
+            snaps[plan.server],
+            plan,
+            run.request_id,
+            run.stamp,
+            run.options.max_diff_bytes,
+        )
+        for plan in plans
+    ]
+    changes.sort(key=lambda c: list(hosts).index(c.name))  # commit order: anchor first
+    return changes
+
+
+def _same_ranges_warnings(
+    p: RemoveParams, configs: dict[str, ConfigSet], pairs: dict[str, tuple[str, str]]
+) -> list[WarningInfo]:
+    """DeconfigureAction None leaves both servers serving the same pools: say which."""
+    if p.deconfigure_action is not DeconfigureAction.none:
+        return []
+    warnings = []
+    for name, (primary, secondary) in pairs.items():
+        scopes = [s.label for s in configs[primary].peer(name).pools]
+        if scopes:
+            message = (
+                f"DeconfigureAction None: {primary} and {secondary} now both lease from the "
+                f"same ranges, formerly shared by failover peer {name!r}: " + "; ".join(scopes)
+            )
+            warnings.append(WarningInfo(code="same_ranges", message=message, server=secondary))
+    return warnings
+
+
+async def snapshots(hosts: dict[str, RemoteHost], run: Run) -> dict[str, Snapshot]:
+    """Each server's live tree, and whether another change is unfinished there (from the
+    listing the journal lookup just took, if it took one)."""
+
+    async def check(host: RemoteHost) -> None:
+        try:
+            await refuse_if_unfinished(run, host, run.listings)
+        except Failed as exc:
+            if run.strict or exc.code != "unfinished_change":
+                raise
+            run.busy.add(host.name)  # running or cut off: the check under the lock says
+
+    async def read(host: RemoteHost) -> Snapshot:
+        reading = run.prefetched.pop(host.name, None) or read_snapshot(host)
+        snapshot, _ = await asyncio.gather(reading, check(host))
+        return snapshot
+
+    snaps = await asyncio.gather(*(read(h) for h in hosts.values()))
+    return dict(zip(hosts, snaps, strict=True))
+
+
+def prefetch(run: Run) -> None:
+    """Start reading the anchors' live trees while their journal directories are listed:
+    read-only, so harmless when the lookup ends the request instead (they are dropped then).
+    Whether another change is unfinished there is still checked before the plan uses them,
+    and under the locks the live bytes are compared with them again."""
+    for name in anchors(run.request):
+        try:
+            host = run.fleet.host(name)
+        except Exception:
+            return  # the plan says why, as it would have
+        run.prefetched[name] = asyncio.ensure_future(read_snapshot(host))
+
+
+async def refuse_if_unfinished(
+    run: Run, host: RemoteHost, listings: dict[str, list[str]] | None
+) -> None:
+    """A change cut off on this server must end before another starts: planning on a
+    half-changed pair would be wrong, and finishing it later would overwrite this one.
+
+    A running journal whose change has a done record on another of its servers is not
+    unfinished: that change has ended, only its bookkeeping here was lost (a failed write).
+    It is completed here and now, so a finished change never blocks later ones."""
+    if listings is None:
+        listings = {}
+    names = await list_journal_dir(host, listings)
+    blocking = []
+    for other in await unfinished_changes(host, run.request_id, names):
+        outcome = await ended_elsewhere(run.fleet, host, other, names)
+        if outcome is None:
+            blocking.append(other)
+            continue
+        log.warning("journal.ended_elsewhere", server=host.name, request=other)
+        await complete(run.fleet, other, outcome, [host.name], {host.name: names})
+        if other in await unfinished_changes(host, run.request_id, names):
+            blocking.append(other)
+    if blocking:
+        raise Failed(
+            f"{host.name} has an unfinished change (request {', '.join(blocking)}) in "
+            f"{journal_dir(host)}; its redelivery finishes or undoes it, or an operator "
+            "must clear it first",
+            code="unfinished_change",
+            server=host.name,
+            detail={"requests": blocking},
+        )
+
+
+def parse(snapshot: Snapshot) -> ConfigSet:
+    try:
+        return ConfigSet.parse(snapshot.texts(), snapshot.main, snapshot.base)
+    except WorkerError as exc:
+        exc.server = exc.server or snapshot.server
+        raise

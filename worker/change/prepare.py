@@ -1,0 +1,149 @@
+"""The prepare step, under the locks: nothing live changes yet, everything can be undone.
+
+Per server, three independent strands run at once: reading the live files again to compare
+them with the plan, staging and validating the candidates, writing the journal. All end
+before an error is raised; a foreign edit is reported before anything else they found. A
+change that never went live is discarded here too (:func:`discard`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import structlog
+
+from worker.change.aio import all_of
+from worker.change.finish import cleanup_failed, remove_temps
+from worker.change.journal import Journal, Step, delete_journal, save_journal
+from worker.change.model import ServerChange, changed_only
+from worker.change.planning import refuse_if_unfinished
+from worker.change.run import Run
+from worker.change.snapshot import Snapshot, sha256_hex
+from worker.change.staging import validate_tree
+from worker.errors import ConcurrentChange
+from worker.messages import WarningInfo
+
+log = structlog.stdlib.get_logger("worker.change.coordinator")
+
+
+async def prepare(run: Run, changes: list[ServerChange], warnings: list[WarningInfo]) -> None:
+    """Every server prepared at once; raises the first failure once all have ended."""
+    journals = {} if run.request.dry_run else new_journals(run, changes, warnings)
+    await all_of([_prepare_server(run, c, journals.get(c.name)) for c in changes])
+
+
+async def _prepare_server(run: Run, change: ServerChange, journal: Journal | None) -> None:
+    """Nothing changed since plan; candidates staged beside the live files and validated;
+    the journal written (unless a dry run). Under the lock no other change is unfinished here
+    (checked on the listing the lock-time journal lookup took: nothing is touched if one is)."""
+    host, snapshot = change.host, change.snapshot
+    assert snapshot is not None  # a planned change always has one
+    with change.timed():
+        await refuse_if_unfinished(run, host, run.locked)  # again, under the lock
+        outcomes = await asyncio.gather(
+            _recheck(run, change, snapshot),
+            _stage_and_validate(run, change),
+            _save_new_journal(change, journal),
+            return_exceptions=True,
+        )
+        errors = [o for o in outcomes if isinstance(o, BaseException)]
+        for error in errors:
+            if isinstance(error, ConcurrentChange) or not isinstance(error, Exception):
+                raise error
+        if errors:
+            raise errors[0]
+
+
+def start_rechecks(run: Run, changes: Sequence[ServerChange]) -> None:
+    """Under the locks, start reading the live files again while the journal directories
+    are listed (read-only; :func:`_recheck` compares them, once nothing is unfinished)."""
+    for change in changes:
+        if change.snapshot is not None:
+            run.rereads[change.name] = asyncio.ensure_future(_read_live(change, change.snapshot))
+
+
+async def _read_live(change: ServerChange, snapshot: Snapshot) -> list[bytes | None]:
+    return list(await asyncio.gather(*(change.host.read(path) for path in snapshot.raw)))
+
+
+async def _recheck(run: Run, change: ServerChange, snapshot: Snapshot) -> None:
+    """The live files still hold the bytes the plan was computed from."""
+    paths = list(snapshot.raw)
+    reread = run.rereads.pop(change.name, None)
+    lives = await (reread if reread is not None else _read_live(change, snapshot))
+    for path, live in zip(paths, lives, strict=True):
+        planned = snapshot.raw[path]
+        if live != planned:
+            raise ConcurrentChange(
+                f"{path} on {change.name} changed since it was read; not overwriting it",
+                server=change.name,
+                detail={
+                    "file": path,
+                    "planned": sha256_hex(planned),
+                    "found": sha256_hex(live) if live is not None else None,
+                },
+            )
+
+
+async def _stage_and_validate(run: Run, change: ServerChange) -> None:
+    """Each candidate written beside its live file, then the server's validate command."""
+    host = change.host
+    candidates = []
+    for f in change.files:
+        assert f.after is not None
+        change.temps.add(f.staged)
+        candidates.append(host.write(f.staged, f.after, like=f.path))
+    await all_of(candidates)
+    if change.changed:
+        changed = [f.path for f in change.files]
+        await validate_tree(
+            host, change.main, change.after_texts, changed, run.request_id, change.temps
+        )
+        log.info("prepare.validated", server=change.name, files=changed)
+
+
+async def _save_new_journal(change: ServerChange, journal: Journal | None) -> None:
+    """The journal must exist before the first live file is touched; the commit writes none."""
+    if journal is None:
+        return
+    change.journal = journal  # set first: a failed or cut-off write is cleaned up too
+    await save_journal(change.host, journal)
+
+
+def new_journals(
+    run: Run, changes: list[ServerChange], warnings: list[WarningInfo]
+) -> dict[str, Journal]:
+    """One journal per changed server: the plan, and the report a resumed run answers with."""
+    reports = [c.report for c in changes]
+    servers = [c.name for c in changed_only(changes)]
+    return {
+        change.name: Journal(
+            requestId=run.request_id,
+            command=run.request.command,
+            stamp=run.stamp,
+            server=change.name,
+            servers=servers,
+            step=Step.staged,
+            files=[f.record() for f in change.files],
+            report=reports,
+            warnings=warnings,
+            comment=run.request.comment,
+        )
+        for change in changed_only(changes)
+    }
+
+
+async def discard(changes: Sequence[ServerChange]) -> list[WarningInfo]:
+    """Remove everything a change that never went live left behind; report what could not
+    be removed as warnings (the next run of the request removes it)."""
+    problems: list[WarningInfo] = []
+    for change in changed_only(changes):
+        try:
+            await remove_temps(change)
+            if change.journal is not None:
+                await delete_journal(change.host, change.journal)
+        except Exception as exc:
+            log.warning("cleanup.failed", server=change.name, error=str(exc))
+            problems.append(cleanup_failed(change, exc))
+    return problems
