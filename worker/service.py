@@ -10,6 +10,7 @@ import asyncio
 import structlog
 
 from worker.change.coordinator import Announce, ChangeOptions, execute
+from worker.change.inflight import InFlight
 from worker.consumer.app import run_worker
 from worker.logging import configure_logging
 from worker.messages import ModifyRequest, RemoveRequest, ResultData
@@ -32,10 +33,14 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
         max_diff_bytes=settings.max_diff_bytes,
     )
 
+    inflight = InFlight()
+
     async def handler(
         request: ModifyRequest | RemoveRequest, request_id: str, announce: Announce
     ) -> ResultData:
-        return await execute(request, request_id, fleet, options, announce)
+        return await inflight.run(
+            request_id, lambda: execute(request, request_id, fleet, options, announce)
+        )
 
     log.info(
         "worker starting", servers=sorted(inventory.servers), inventory=str(settings.inventory)

@@ -380,8 +380,8 @@ async def _finish(
     warnings: list[WarningInfo],
 ) -> ResultData:
     """The servers are in their final state: record the outcome in every journal, announce
-    it, then clean up and prune. A problem after the announcement is logged (and a warning,
-    if nothing was announced), never a different outcome."""
+    it, then clean up and prune. A problem after the record is only logged: every later run
+    of the request answers with exactly the recorded result."""
     warnings = list(warnings)
     if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
         warnings += [
@@ -395,21 +395,14 @@ async def _finish(
     if journaled and len(unrecorded) == len(journaled):  # nowhere yet: one more try
         unrecorded = await record_outcome([c for c in changes if c.name in unrecorded], result)
     result = run.announced(result)
+    # From here the outcome is final (recorded, maybe published): what goes wrong while
+    # tidying up is logged, never part of it.
     recorded = [n for n in journaled if n not in unrecorded]
-    late = await clean_up(
+    await clean_up(
         changes,
         run.locked,
         run.options.backup_retention,
         run.options.journal_retention,
         recorded,
     )
-    late += [
-        WarningInfo(
-            code="outcome_not_recorded",
-            message=f"outcome not recorded on {name}; a rerun of this request completes it "
-            "from another server's record, or derives it from the servers again",
-            server=name,
-        )
-        for name in unrecorded
-    ]
-    return run.with_late_warnings(result, late)
+    return result

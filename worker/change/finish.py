@@ -70,26 +70,28 @@ async def clean_up(
     backup_retention: int,
     journal_retention: int,
     recorded: Iterable[str],
-) -> list[WarningInfo]:
+) -> None:
     """Under the locks, after the outcome is recorded: every server's temp files (ours and
     leftovers of cut-off writes), backups and done records beyond retention, and the running
     journals of the servers in ``recorded`` (they have their done record). The steps touch
-    disjoint files, so each server's run at once. Returns a warning per server that failed."""
+    disjoint files, so each server's run at once. Problems are logged: the outcome is final,
+    and a later change tidies up what is left."""
     done = set(recorded)
 
-    async def clean(change: ServerChange) -> WarningInfo | None:
-        try:
-            await remove_temps(change)
-            await _prune(change, locked.get(change.name), backup_retention, journal_retention)
-            if change.journal is not None and change.name in done:
-                await remove_running_journal(change.host, change.journal)
-        except Exception as exc:
-            log.warning("cleanup.failed", server=change.name, error=str(exc))
-            return cleanup_failed(change, exc)
-        return None
+    async def clean(change: ServerChange) -> None:
+        steps = [
+            remove_temps(change),
+            _prune(change, locked.get(change.name), backup_retention, journal_retention),
+        ]
+        if change.journal is not None and change.name in done:
+            steps.append(remove_running_journal(change.host, change.journal))
+        for outcome in await asyncio.gather(*steps, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                if not isinstance(outcome, Exception):
+                    raise outcome
+                log.warning("cleanup.failed", server=change.name, error=str(outcome))
 
-    found = await asyncio.gather(*(clean(c) for c in changed_only(changes)))
-    return [w for w in found if w is not None]
+    await asyncio.gather(*(clean(c) for c in changed_only(changes)))
 
 
 async def _prune(

@@ -121,13 +121,6 @@ class Run:
                 self.was_announced = True
         return result
 
-    def with_late_warnings(self, result: ResultData, late: list[WarningInfo]) -> ResultData:
-        """Problems found after the outcome was announced are only logged (the announced
-        result is the one recorded and published); otherwise they are warnings."""
-        if not late or self.was_announced:
-            return result
-        return result.model_copy(update={"warnings": [*result.warnings, *late]})
-
     def drop_prefetched(self) -> None:
         """Cancel the reads ahead the plan or the recheck never used."""
         readings: list[asyncio.Future[Any]] = [*self.prefetched.values(), *self.rereads.values()]
