@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.change.helpers import PRIMARY_CONF, SECONDARY_CONF, SimulatedCrash
+from tests.change.ssh_world import env, make_env  # noqa: F401  (fixtures over real sshd)
 from tests.fakes import FakeFleet, FakeHost
 from worker.change.ports import CommandResult
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY
