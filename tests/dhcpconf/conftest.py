@@ -1,8 +1,9 @@
-"""Fixtures for the config engine's tests: the real ``dhcpd -t`` and the corpus cases."""
+"""Fixtures for the config engine's tests: the real ``dhcpd -t`` and the fixture cases."""
 
 from __future__ import annotations
 
 import os
+import posixpath
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -20,27 +21,37 @@ class Dhcpd:
     """Runs ``dhcpd -t -cf`` on copies of a file set staged in a temporary directory.
 
     Each file goes to its own name in ``workdir`` and every include is rewritten to the
-    staged copy, so stubs stand in for the live /etc files; ``-t`` only parses, it touches no
-    lease or pid file.
+    staged copy, so the fixtures stand in for the live /etc files (an include written
+    relative to the main file's directory, dhcpd's working directory, is rewritten too);
+    ``-t`` only parses, it touches no lease or pid file.
     """
 
     binary: str
     workdir: Path
 
-    def check(self, files: Mapping[str, str], main: str) -> tuple[int, str]:
-        """Exit status and combined output of dhcpd on the staged ``main``."""
+    def check(self, files: Mapping[str, str], main: str, *, v6: bool = False) -> tuple[int, str]:
+        """Exit status and combined output of dhcpd (``-6`` when ``v6``) on the staged ``main``."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         staged = {
             path: str(self.workdir / f"{i}-{Path(path).name}") for i, path in enumerate(files)
         }
+        base = posixpath.dirname(main)
+        relative = {
+            posixpath.relpath(path, base): target
+            for path, target in staged.items()
+            if base and path.startswith(base + "/")
+        }
         for path, text in files.items():
             Path(staged[path]).write_text(
-                rewrite_includes(text, staged), encoding="utf-8", errors="surrogateescape"
+                rewrite_includes(text, relative | staged),
+                encoding="utf-8",
+                errors="surrogateescape",
             )
         result = subprocess.run(
-            [self.binary, "-t", "-cf", staged[main]],
+            [self.binary, "-t", *(["-6"] if v6 else []), "-cf", staged[main]],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",  # dhcpd echoes source lines, and may cut one inside a character
             cwd=self.workdir,
             timeout=60,
         )
@@ -76,6 +87,6 @@ def dhcpd(dhcpd_binary: str, tmp_path: Path) -> Dhcpd:
 
 @pytest.fixture(params=CASES, ids=[c.id for c in CASES])
 def case(request: pytest.FixtureRequest) -> CorpusCase:
-    """Each corpus config that has a failover peer and that dhcpd accepts (with stubs)."""
+    """Each fixture config that has a failover peer and that dhcpd accepts (with its includes)."""
     case: CorpusCase = request.param
     return case

@@ -76,13 +76,14 @@ def test_a_wrong_pair_is_rejected_before_anything_is_computed() -> None:
 
 def test_candidates_that_would_disagree_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     import worker.change.plan as plan
+    from worker.dhcpconf import Edit
     from worker.dhcpconf import modify as real
 
-    def skewed(cs: ConfigSet, name: str, settings: PeerSettings) -> dict[str, str]:
+    def skewed(cs: ConfigSet, name: str, settings: PeerSettings) -> Edit:
         texts = real(cs, name, settings)
-        return {p: t.replace("  port 847;", "  port 848;") for p, t in texts.items()}
+        return Edit({p: t.replace("  port 847;", "  port 848;") for p, t in texts.items()})
 
-    monkeypatch.setattr(plan, "modify", skewed)
+    monkeypatch.setattr(plan, "modify_edit", skewed)
     with pytest.raises(PairMismatch) as err:
         plan_modify(modify_params(Mclt=60), one(PRIMARY), one(SECONDARY))
     assert err.value.code == "port_mismatch"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 
 from tests.dhcpconf.corpus import CASES, CorpusCase
 from tests.dhcpconf.pairs import MAIN, PRIMARY, SECONDARY, one
-from worker.dhcpconf import ConfigSet, remove
+from worker.dhcpconf import ConfigSet, parse, remove
+from worker.dhcpconf.tree import Block
 from worker.errors import ConfigError, PeerNotFound
 from worker.messages import DeconfigureAction
 
@@ -181,20 +181,33 @@ def test_crlf_lines_are_removed_whole() -> None:
 # -- across files and over the corpus -------------------------------------------------------
 
 
-def test_delete_edits_the_included_file_that_holds_the_scopes(corpus_dir: Path) -> None:
-    case = next(c for c in CASES if c.id == "voxpupuli")
-    cs = case.config_set(corpus_dir)
+def test_delete_edits_the_included_file_that_holds_the_scopes() -> None:
+    case = next(c for c in CASES if c.id == "branch-secondary")
+    cs = case.config_set()
     after = remove(cs, [case.peer], DeconfigureAction.delete)
     pools = after["/etc/dhcp/dhcpd.pools"]
-    assert "subnet" not in pools and pools.startswith("# DHCP Pools\n")
+    assert "subnet" not in pools and pools.startswith("# branch-pools.conf -- ")
     assert "failover peer" not in after[MAIN] and "include" in after[MAIN]
+
+
+def test_delete_keeps_a_pool_less_subnet_and_a_group_and_drops_an_emptied_shared_network() -> None:
+    case = next(c for c in CASES if c.id == "scopes-secondary")
+    doc = parse(remove(case.config_set(), [case.peer], DeconfigureAction.delete)[MAIN])
+    blocks = [n for n in doc.items if isinstance(n, Block)]
+    assert [(doc.label(b), [doc.label(n) for n in b.body]) for b in blocks] == [
+        (
+            "shared-network dc-east",
+            ['option domain-name "east.example.net"', "subnet 10.70.0.0 netmask 255.255.255.0"],
+        ),
+        ("group", ['option domain-name "lab.example.net"']),
+    ]
 
 
 @pytest.mark.parametrize("action", ACTIONS, ids=[a.value for a in ACTIONS])
 def test_remove_leaves_no_reference_to_the_name(
-    corpus_dir: Path, case: CorpusCase, action: DeconfigureAction
+    case: CorpusCase, action: DeconfigureAction
 ) -> None:
-    cs = case.config_set(corpus_dir)
+    cs = case.config_set()
     after = remove(cs, [case.peer], action)
     assert all(no_trace_of(case.peer, text) for text in after.values())
     candidate = ConfigSet.parse(after, MAIN)
@@ -207,8 +220,8 @@ PRIMARY_CASES = [c for c in CASES if c.role == "primary"]
 @pytest.mark.parametrize("action", ACTIONS, ids=[a.value for a in ACTIONS])
 @pytest.mark.parametrize("primary", PRIMARY_CASES, ids=[c.id for c in PRIMARY_CASES])
 def test_on_a_primary_every_action_only_drops_the_references(
-    corpus_dir: Path, primary: CorpusCase, action: DeconfigureAction
+    primary: CorpusCase, action: DeconfigureAction
 ) -> None:
     case = primary
-    cs = case.config_set(corpus_dir)
+    cs = case.config_set()
     assert remove(cs, [case.peer], action) == remove(cs, [case.peer], DeconfigureAction.none)

@@ -9,8 +9,18 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.dhcpconf.corpus import CORPUS_FILES, corpus_text
-from worker.dhcpconf import parse, render
+from tests.dhcpconf.corpus import (
+    ALL_FILES,
+    CASES,
+    CONFIG_FILES,
+    CONFIGS,
+    DHCPV6,
+    REJECTED,
+    config_text,
+    read_config,
+)
+from tests.dhcpconf.pairs import MAIN
+from worker.dhcpconf import ConfigSet, parse, render
 from worker.dhcpconf.tree import Block, Node, Statement
 from worker.errors import ConfigError
 
@@ -22,26 +32,48 @@ def shape(items: list[Node]) -> Shape:
     return tuple("s" if isinstance(n, Statement) else ("b", shape(n.body)) for n in items)
 
 
-def test_the_corpus_list_names_every_file_in_the_shared_corpus(corpus_dir: Path) -> None:
-    on_disk = {p.name for p in corpus_dir.glob("*.conf")}
-    assert on_disk == set(CORPUS_FILES)
+def test_every_config_fixture_is_a_case_a_part_of_one_rejected_or_dhcpv6() -> None:
+    used = [c.main for c in CASES] + [n for c in CASES for n in c.includes.values()]
+    known = set(used) | set(REJECTED) | set(DHCPV6)
+    assert set(CONFIG_FILES) == known
+    assert len(CONFIG_FILES) >= 20
 
 
-@pytest.mark.parametrize("name", CORPUS_FILES)
-def test_every_corpus_file_renders_back_byte_for_byte(corpus_dir: Path, name: str) -> None:
-    text = corpus_text(corpus_dir, name)
-    doc = parse(text, name)
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_every_config_fixture_starts_with_a_header_saying_what_it_exercises(name: str) -> None:
+    header = config_text(name).split("\n\n", 1)[0]
+    assert header.startswith("#") and name in header and "Exercises:" in header
+
+
+def test_the_crlf_fixture_still_has_crlf_bytes_so_git_kept_them() -> None:
+    data = (CONFIGS / "lexing-secondary-crlf.conf").read_bytes()
+    assert data.count(b"\n") > 40 and data.count(b"\r\n") == data.count(b"\n")
+    assert "-text" in (CONFIGS / ".gitattributes").read_text()
+
+
+@pytest.mark.parametrize("path", ALL_FILES)
+def test_every_config_file_renders_back_byte_for_byte_and_parses_or_fails_clearly(
+    path: Path,
+) -> None:
+    text = read_config(path)
+    doc = parse(text, path.name)
     assert render(doc) == text
     assert doc.items, "the file parsed into nothing"
+    try:
+        cs = ConfigSet.parse({MAIN: text}, MAIN)
+    except ConfigError as err:  # the failover model refuses a peer block it cannot read
+        assert err.line is not None and err.column is not None and err.message
+        return
+    assert cs.texts() == {MAIN: text}
 
 
-def test_a_corpus_file_parses_into_its_real_structure(corpus_dir: Path) -> None:
-    doc = parse(corpus_text(corpus_dir, "vyos-1x__dhcpd.conf.rendered.conf"))
+def test_a_config_file_parses_into_its_real_structure() -> None:
+    doc = parse(config_text("router-primary.conf"))
     keywords = [doc.keyword(n) for n in doc.items if isinstance(n, Block)]
     assert keywords == ["on", "on", "class", "failover", "shared-network"]
     network = [n for n in doc.items if isinstance(n, Block)][-1]
     inner = [doc.label(n) for n in network.body if isinstance(n, Block)]
-    assert inner == ["subnet 192.168.189.0 netmask 255.255.255.0", "on commit"]
+    assert inner == ["subnet 10.40.0.0 netmask 255.255.255.0", "on commit"]
 
 
 TRICKY = {

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from worker.change.journal import FileRecord, Journal, backup_path, staged_path
-from worker.change.plan import ServerPlan
+from worker.change.plan import ServerPlan, report_diff
 from worker.change.ports import RemoteHost
 from worker.change.snapshot import Snapshot, encode, sha256_hex
 from worker.messages import Outcome, ServerResult
@@ -67,6 +67,7 @@ class ServerChange:
     report: ServerResult  # the plan's view: name, role, changed, hashes, diff
     files: list[FileChange]
     snapshot: Snapshot | None = None  # live tree read at plan; None when resumed
+    plan: ServerPlan | None = None  # the plan itself (full texts and diff); None when resumed
     after_texts: dict[str, str] = field(default_factory=dict)
     journal: Journal | None = None
     restart_attempted: bool = False  # may run the new config, or be down
@@ -155,19 +156,24 @@ def planned_change(
     files.sort(key=lambda f: f.path == plan.main)
     main_before = snapshot.raw[snapshot.main]
     main_after = encode(plan.after[plan.main]) if plan.main in plan.after else main_before
+    shown = report_diff(plan, max_diff_bytes)  # redacted, UTF-8-safe, capped
     report = ServerResult(
         name=plan.server,
         role=plan.role,
         changed=plan.changed,
         sha256Before=sha256_hex(main_before),
         sha256After=sha256_hex(main_after),
-        diff=plan.diff(),
+        diff=shown.text,
+        diffTruncated=shown.truncated,
+        diffFull=shown.full,
+        diffNonUtf8=shown.non_utf8,
     )
     return ServerChange(
         host=host,
         report=report,
         files=files,
         snapshot=snapshot,
+        plan=plan,
         after_texts={**snapshot.texts(), **plan.after},
     )
 

@@ -109,7 +109,7 @@ def _modify_changes(run: Run, hosts: dict[str, RemoteHost], snaps: dict[str, Sna
     assert isinstance(run.request, ModifyRequest)
     primary, secondary = (parse(snaps[n]) for n in hosts)
     plans = plan_modify(run.request.params, primary, secondary)
-    return _changes(run, hosts, snaps, plans), []
+    return _changes(run, hosts, snaps, plans), [w for plan in plans for w in plan.warnings]
 
 
 async def _plan_remove(p: RemoveParams, run: Run) -> Planned:
@@ -143,7 +143,10 @@ async def _plan_remove(p: RemoveParams, run: Run) -> Planned:
         """In a worker thread: the partners parsed, every server's candidate."""
         configs.update({n: parse(snaps[n]) for n in partners})
         plans = list(plan_remove(p, configs, pairs))
-        return _changes(run, hosts, snaps, plans), _same_ranges_warnings(p, configs, pairs)
+        warnings = [w for plan in plans for w in plan.warnings]
+        return _changes(run, hosts, snaps, plans), warnings + _same_ranges_warnings(
+            p, configs, pairs
+        )
 
     return await asyncio.to_thread(compute)
 

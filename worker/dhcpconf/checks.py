@@ -7,12 +7,17 @@ Two guards use the same list of per-peer checks, each with its own ``code``:
   undeclared peer, a value that is not a number ...). The engine never edits a file dhcpd
   would refuse: the edit could hide the problem ("fix" the file) or build on a misreading.
 * :func:`check_pair` -- before a change, every violation of either half *and* of the pair.
-  Many wrong pairs pass ``dhcpd -t`` (both servers secondary, mclt on a secondary, split and
-  hba together, port 70000, a negative mclt, no ``address``), and dhcpd checks one file at a
-  time anyway, so these checks are the only guard against two servers that cannot talk.
+  Many wrong pairs pass ``dhcpd -t`` (both servers secondary, split and hba together, port
+  70000, a negative mclt, no ``address``), and dhcpd checks one file at a time anyway, so
+  these checks are the only guard against two servers that cannot talk.
 
-Every violation says precisely what is wrong and where (file and line); nothing is ever
-"fixed" silently.
+What is odd but harmless is a :class:`ConfigWarning`, not a violation: ``mclt`` on the
+secondary is accepted by dhcpd and never used (the secondary takes the primary's MCLT from
+the failover CONNECT message: isc-dhcp ``server/failover.c``, ``state->mclt =
+link->imsg->mclt``), so a change goes ahead, leaves it as it is and says so.
+
+Every violation and warning says precisely what is wrong and where (file and line); nothing
+is ever "fixed" silently.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from worker.dhcpconf.configset import ConfigSet
-from worker.dhcpconf.failover import NUMERIC_KEYS, PeerDecl, PeerParam
+from worker.dhcpconf.failover import NUMERIC_KEYS, PeerDecl, PeerParam, Role
 from worker.dhcpconf.lexer import is_number
 from worker.errors import ConfigError, PairMismatch, PeerNotFound, Rejected, RoleMismatch
 
@@ -58,6 +63,22 @@ class Violation:
         }
 
 
+@dataclass(frozen=True)
+class ConfigWarning:
+    """Something a change should report but that does not stop it. ``role``: the server of
+    the pair it is about, when a pair check found it (None: the file's own server)."""
+
+    code: str
+    message: str
+    file: str
+    line: int | None
+    role: Role | None = None
+
+    @property
+    def where(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+
 def validate(cs: ConfigSet) -> None:
     """ConfigError for the first failover problem in ``cs`` that dhcpd would reject."""
     for ref in cs.references:
@@ -84,9 +105,10 @@ def validate(cs: ConfigSet) -> None:
                 )
 
 
-def check_pair(primary: ConfigSet, secondary: ConfigSet, name: str) -> None:
+def check_pair(primary: ConfigSet, secondary: ConfigSet, name: str) -> list[ConfigWarning]:
     """Raise the first violation (PeerNotFound, RoleMismatch or PairMismatch) for the
-    relationship ``name`` between ``primary`` and ``secondary``; ``detail`` lists them all."""
+    relationship ``name`` between ``primary`` and ``secondary``; ``detail`` lists them all.
+    A pair without violations gives its warnings (:func:`pair_warnings`)."""
     found = pair_violations(primary, secondary, name)
     if found:
         first = found[0]
@@ -101,6 +123,7 @@ def check_pair(primary: ConfigSet, secondary: ConfigSet, name: str) -> None:
                 "violations": [v.as_dict() for v in found],
             },
         )
+    return pair_warnings(primary, secondary, name)
 
 
 def pair_violations(primary: ConfigSet, secondary: ConfigSet, name: str) -> list[Violation]:
@@ -126,6 +149,25 @@ def pair_violations(primary: ConfigSet, secondary: ConfigSet, name: str) -> list
         found += peer_violations(decl, side=side)
     found += _mirroring(p, s)
     return found
+
+
+def pair_warnings(primary: ConfigSet, secondary: ConfigSet, name: str) -> list[ConfigWarning]:
+    """What a sound pair may still hold that a change leaves alone and reports."""
+    decl = secondary.declarations.get(name)
+    mclt = decl.get("mclt") if decl is not None and decl.role == "secondary" else None
+    if decl is None or mclt is None:
+        return []
+    return [
+        ConfigWarning(
+            "mclt_on_secondary",
+            f"failover peer {name!r}: the secondary declares 'mclt {mclt.value}', which dhcpd "
+            "accepts but does not use (the secondary takes the primary's mclt when the peers "
+            "connect); it is left as it is",
+            decl.file,
+            decl.doc.line(mclt.node.start),
+            "secondary",
+        )
+    ]
 
 
 def _at(decl: PeerDecl, param: PeerParam | None = None) -> tuple[str, int, int]:
@@ -199,14 +241,14 @@ def peer_violations(decl: PeerDecl, side: str = "", pools: int | None = None) ->
             add("split_missing", "the primary declares neither 'split' nor 'hba'", None, True)
         if decl.get("mclt") is None:
             add("mclt_missing", "the primary declares no 'mclt'", None, True)
-    else:
-        for key, misplaced in (("split", split), ("hba", hba), ("mclt", decl.get("mclt"))):
+    else:  # mclt here is harmless: a warning (pair_warnings)
+        for key, misplaced in (("split", split), ("hba", hba)):
             if misplaced is not None:
                 add(
                     f"{key}_on_secondary",
                     f"the secondary declares '{key}', which only the primary may",
                     misplaced,
-                    key != "mclt",
+                    True,
                 )
     if pools == 0:
         add("peer_without_pools", "no pool references it", None, True)

@@ -2,19 +2,23 @@
 
 An edit is a list of :class:`Patch` (replace ``text[start:end]``) per file, applied to the
 original text; every byte outside a patch is kept, so a modify's diff is the few lines it
-must change. Removing a statement or block takes its own lines with it (its indentation, a
-comment trailing it on the same line, the newline) and one of two blank lines it would leave
-side by side, and nothing else: comments above it stay, they may describe more than it.
+must change. :func:`modify_edit` / :func:`remove_edit` hand the patches back with the texts
+(:class:`Edit`): the diff is computed from them (:mod:`worker.dhcpconf.diff`), in time linear
+in the size of the change, where a text diff of two large files is quadratic.
+
+Removing a statement or block takes its own lines with it (its indentation, a comment
+trailing it on the same line, the newline) and one of two blank lines it would leave side by
+side, and nothing else: comments above it stay, they may describe more than it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from worker.dhcpconf.checks import validate
+from worker.dhcpconf.checks import ConfigWarning, validate
 from worker.dhcpconf.configset import ConfigSet
-from worker.dhcpconf.failover import PeerDecl, Reference, Role
+from worker.dhcpconf.failover import PeerDecl, PeerParam, Reference, Role
 from worker.dhcpconf.tree import Block, Document, Node, Statement
 from worker.errors import Rejected
 from worker.messages import DeconfigureAction
@@ -67,9 +71,10 @@ class Patch:
     text: str = ""
 
 
-def apply(text: str, patches: Sequence[Patch]) -> str:
-    """Apply non-overlapping patches; overlapping deletions merge, a patch inside a deletion
-    is dropped (its block is gone anyway)."""
+def merge(patches: Sequence[Patch]) -> list[Patch]:
+    """The patches sorted, as :func:`apply` applies them: overlapping deletions merge, a
+    patch inside a deletion is dropped (its block is gone anyway); any other overlap is a
+    bug in the edit."""
     merged: list[Patch] = []
     for p in sorted(patches, key=lambda p: (p.start, -p.end)):
         if merged and p.start < merged[-1].end:
@@ -81,9 +86,14 @@ def apply(text: str, patches: Sequence[Patch]) -> str:
                 continue
             raise AssertionError(f"overlapping edits {last} and {p}")
         merged.append(p)
+    return merged
+
+
+def apply(text: str, patches: Sequence[Patch]) -> str:
+    """``text`` with the patches applied (see :func:`merge`)."""
     out: list[str] = []
     pos = 0
-    for p in merged:
+    for p in merge(patches):
         out.append(text[pos : p.start])
         out.append(p.text)
         pos = p.end
@@ -91,27 +101,75 @@ def apply(text: str, patches: Sequence[Patch]) -> str:
     return "".join(out)
 
 
+@dataclass(frozen=True)
+class Edit:
+    """An edit's result: the new text of every file of the set (unchanged files identical),
+    the merged patches that turn each changed file's text into its new one, and what the
+    edit noticed without refusing (duplicated statements)."""
+
+    texts: dict[str, str]
+    patches: Mapping[str, tuple[Patch, ...]] = field(default_factory=dict)
+    warnings: tuple[ConfigWarning, ...] = ()
+
+
 # -- modify ------------------------------------------------------------------------------------
 
 
 def modify(cs: ConfigSet, name: str, settings: PeerSettings) -> dict[str, str]:
+    """The new texts of :func:`modify_edit`."""
+    return modify_edit(cs, name, settings).texts
+
+
+def modify_edit(cs: ConfigSet, name: str, settings: PeerSettings) -> Edit:
     """Set the relationship's parameters in the peer block ``name``, for the role the block
-    declares; statements already at the value are left byte for byte."""
+    declares; statements already at the value are left byte for byte.
+
+    A statement written twice counts as dhcpd reads it: the last one wins. If the last one
+    already has the value, nothing changes; otherwise every duplicate gets the value, so no
+    stale one is left behind. Either way a ``duplicate_statement`` warning names them."""
     settings.validate()
     validate(cs)  # from here on every numeric value is a single NUMBER token
     decl = cs.declaration(name)
     patches: list[Patch] = []
     missing: list[str] = []
+    warnings: list[ConfigWarning] = []
     for key, value in settings.statements(decl.role):  # no mclt for a secondary
         found = [p for p in decl.params if p.key == key]
         if not found:
             missing.append(f"{key} {value};")
-        for param in found:  # every duplicate, so no stale value is left behind
-            if int(param.value) != value:
-                patches.append(Patch(param.value_start, param.value_end, str(value)))
+            continue
+        in_place = int(found[-1].value) == value
+        if len(found) > 1:
+            warnings.append(_duplicate_warning(decl, found, value, in_place))
+        if not in_place:
+            patches += [
+                Patch(p.value_start, p.value_end, str(value))
+                for p in found
+                if int(p.value) != value
+            ]
     if missing:
         patches.append(_insertion(decl.doc, decl.block, missing))
-    return _result(cs, {decl.doc.filename: patches})
+    return _result(cs, {decl.doc.filename: patches}, warnings)
+
+
+def _duplicate_warning(
+    decl: PeerDecl, found: list[PeerParam], value: int, in_place: bool
+) -> ConfigWarning:
+    lines = [decl.doc.line(p.node.start) for p in found]
+    last = found[-1]
+    outcome = (
+        "it already has the requested value, so none was changed"
+        if in_place
+        else f"each one is set to {value}"
+    )
+    return ConfigWarning(
+        "duplicate_statement",
+        f"failover peer {decl.name!r}: '{last.key}' is written {len(found)} times (lines "
+        f"{', '.join(map(str, lines))}); dhcpd uses the last one ('{last.key} {last.value}' "
+        f"on line {lines[-1]}): {outcome}",
+        decl.file,
+        lines[-1],
+    )
 
 
 def _insertion(doc: Document, block: Block, statements: list[str]) -> Patch:
@@ -147,7 +205,12 @@ def _indent(text: str, offset: int) -> str:
 
 
 def remove(cs: ConfigSet, names: Sequence[str], action: DeconfigureAction) -> dict[str, str]:
-    """Remove the peers ``names`` and every reference to them (CONTRACT §2).
+    """The new texts of :func:`remove_edit`."""
+    return remove_edit(cs, names, action).texts
+
+
+def remove_edit(cs: ConfigSet, names: Sequence[str], action: DeconfigureAction) -> Edit:
+    """Remove the peers ``names`` and every reference to them (docs/contract.md §2).
 
     On a server whose block declares ``secondary``, ``action`` decides what happens to the
     pools that referenced it; on the primary they always just lose the reference.
@@ -297,8 +360,15 @@ def _blank_at(text: str, line_start: int) -> bool:
     return newline >= 0 and text[line_start:newline].strip(" \t\r") == ""
 
 
-def _result(cs: ConfigSet, patches: dict[str, list[Patch]]) -> dict[str, str]:
-    return {
-        path: apply(doc.text, patches[path]) if patches.get(path) else doc.text
-        for path, doc in cs.docs.items()
-    }
+def _result(
+    cs: ConfigSet, patches: dict[str, list[Patch]], warnings: Sequence[ConfigWarning] = ()
+) -> Edit:
+    texts: dict[str, str] = {}
+    merged: dict[str, tuple[Patch, ...]] = {}
+    for path, doc in cs.docs.items():
+        if patches.get(path):
+            merged[path] = tuple(merge(patches[path]))
+            texts[path] = apply(doc.text, merged[path])
+        else:
+            texts[path] = doc.text
+    return Edit(texts, merged, tuple(warnings))
