@@ -28,6 +28,12 @@ class Settings(BaseSettings):
     prefetch: int = Field(default=8, ge=1, description="Unacked requests held per worker.")
     concurrency: int = Field(default=4, ge=1, description="Changes run at once per worker.")
     event_source: str = "urn:dhcp-failover-worker"
+    reply_to_prefixes: str = Field(
+        default="amq.gen-",
+        description="Comma-separated queue-name prefixes a request's reply_to may have for the "
+        "worker to answer there (amq.rabbitmq.reply-to, direct reply-to, always may). The "
+        "default covers server-named queues, which `publish --wait` uses.",
+    )
 
     inventory: Path = Path("/etc/dhcp-failover-worker/inventory.toml")
     connect_timeout: float = Field(default=10.0, gt=0)
@@ -46,3 +52,9 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def reply_prefixes(self) -> tuple[str, ...]:
+        """:attr:`reply_to_prefixes` as a list; a plain string setting, so the environment
+        variable is read as comma-separated text, not as JSON."""
+        return tuple(p.strip() for p in self.reply_to_prefixes.split(",") if p.strip())

@@ -47,6 +47,13 @@ def modify(**changes: Any) -> dict[str, Any]:
     return body
 
 
+def with_mclt(number: str) -> bytes:
+    """The modify example with ``Mclt`` written as the given JSON number text (``NaN``,
+    ``1e999``, 5,000 digits: what ``json.dumps`` will not write)."""
+    body = json.dumps(modify(params={**MODIFY["params"], "Mclt": "@"}))
+    return body.replace('"@"', number).encode()
+
+
 def servers_for(request: ModifyRequest | RemoveRequest) -> list[ServerResult]:
     if isinstance(request, ModifyRequest):
         names = [request.params.primary_server, request.params.secondary_server]

@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
-from tests.consumer.support import MODIFY, MODIFY_ID, REMOVE, modify
+from tests.consumer.support import MODIFY, MODIFY_ID, REMOVE, modify, with_mclt
+from worker.consumer import intake
 from worker.consumer.intake import format_loc, read_delivery
-from worker.messages import MAX_REQUEST_BYTES, ModifyRequest
+from worker.consumer.results import build_event
+from worker.messages import MAX_COMMENT_LENGTH, MAX_REQUEST_BYTES, ModifyRequest, Outcome, Phase
+from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -175,3 +178,88 @@ def test_error_locations_read_like_paths_into_the_request(
     loc: tuple[int | str, ...], text: str
 ) -> None:
     assert format_loc(loc) == text
+
+
+UNREADABLE = {
+    "nested 30,000 deep": b"[" * 30_000,
+    "nested 202 deep, closed": b"[" * 202 + b"]" * 202,
+    "an integer of 5,000 digits": b'{"requestId": "big-1", "n": ' + b"7" * 5_000 + b"}",
+    "a 5,000-digit Mclt": with_mclt("9" * 5_000),
+    "NaN": with_mclt("NaN"),
+    "Infinity": with_mclt("-Infinity"),
+    "a lone surrogate escape": json.dumps(modify(comment="\ud800")).encode(),
+    "a lone low surrogate escape": b'{"requestId": "\\udc00x"}',
+}
+
+
+@pytest.mark.parametrize("body", UNREADABLE.values(), ids=list(UNREADABLE))
+def test_json_the_request_parser_cannot_read_is_invalid_json_and_poison(body: bytes) -> None:
+    delivery = read(body, message_id="m-1")
+    assert delivery.rejection is not None
+    assert (delivery.rejection.code, delivery.poison) == ("invalid_json", True)
+    assert delivery.event_key == "m-1"
+    assert set(delivery.rejection.detail) == {"line", "column"}
+    assert len(body) < MAX_REQUEST_BYTES
+
+
+@pytest.mark.parametrize("number", ["1e999", "-1e999", str(10**30), str(-(10**300))])
+def test_a_number_json_readers_cannot_hold_is_not_echoed_into_the_event(number: str) -> None:
+    delivery = read(with_mclt(number), message_id="m-1")
+    assert delivery.rejection is not None and delivery.rejection.code == "invalid_request"
+    [item] = delivery.rejection.detail
+    assert item["loc"] == "params.Mclt" and "input" not in item
+    event = build_event(delivery, delivery.result(0), Settings())
+    doc = json.loads(event.to_json(), parse_constant=_refuse)
+    assert doc["data"]["error"]["detail"] == delivery.rejection.detail
+
+
+def _refuse(name: str) -> None:
+    raise AssertionError(f"{name} in an event")
+
+
+def test_a_bug_while_reading_is_failed_internal_error_and_poison(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def crash(body: bytes | str) -> None:
+        raise LookupError("codec vanished")
+
+    monkeypatch.setattr(intake, "parse_request", crash)
+    delivery = read(MODIFY, message_id="amqp-7", routing_key="request.remove")
+    assert delivery.request is None and delivery.rejection is not None
+    assert delivery.rejection.code == "internal_error"
+    assert delivery.rejection.phase is Phase.validate
+    assert delivery.rejection.message == "LookupError: codec vanished"
+    assert (delivery.outcome, delivery.poison) == (Outcome.failed, True)
+    assert (delivery.event_key, delivery.operation) == ("amqp-7", "remove")
+    assert delivery.result(5).outcome is Outcome.failed
+
+
+@pytest.mark.parametrize("value", [b"request.modify", 7, 1.5, ["m"], {"k": "v"}])
+def test_amqp_properties_of_another_type_count_as_absent(value: object) -> None:
+    delivery = read_delivery(
+        json.dumps(modify(requestId=None)).encode(),
+        message_id=value,
+        routing_key=value,
+        correlation_id=value,
+    )
+    assert delivery.rejection is not None and delivery.rejection.code == "missing_request_id"
+    assert (delivery.request_id, delivery.correlation_id) == (None, None)
+    assert delivery.operation == "modify"  # from the command; the key said nothing
+
+
+@pytest.mark.parametrize(
+    ("comment", "carried"),
+    [
+        ("CHG-9 bad mclt", "CHG-9 bad mclt"),
+        ("x" * 5000, "x" * MAX_COMMENT_LENGTH),
+        (42, None),
+    ],
+)
+def test_a_request_rejected_at_intake_carries_its_comment_when_it_is_text(
+    comment: object, carried: str | None
+) -> None:
+    body = modify(comment=comment, params={**MODIFY["params"], "Mclt": -1})
+    delivery = read(body)
+    assert delivery.rejection is not None and delivery.rejection.code == "invalid_request"
+    assert delivery.comment == carried
+    assert delivery.result(0).comment == carried

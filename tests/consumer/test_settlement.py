@@ -9,7 +9,7 @@ import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_structured_event
 
 from tests.consumer.support import MODIFY, MODIFY_ID, modify
-from worker.consumer.app import Settlement, build_event, decide, run_handler
+from worker.consumer.app import Settlement, decide, run_handler
 from worker.consumer.events import (
     EVENT_CONTENT_TYPE,
     EventPublisher,
@@ -17,10 +17,20 @@ from worker.consumer.events import (
     encode_event,
     event_message,
     event_routing_key,
+    reply_allowed,
 )
-from worker.consumer.intake import read_delivery
+from worker.consumer.intake import Delivery, read_delivery
+from worker.consumer.results import build_event, encode_result
 from worker.errors import Ambiguous, PeerNotFound, Unreachable
-from worker.messages import ModifyRequest, Outcome, RemoveRequest, ResultData, ResultEvent
+from worker.messages import (
+    ErrorInfo,
+    ModifyRequest,
+    Outcome,
+    Phase,
+    RemoveRequest,
+    ResultData,
+    ResultEvent,
+)
 from worker.settings import Settings
 
 pytestmark = pytest.mark.timeout(10)
@@ -158,3 +168,108 @@ async def test_the_event_and_the_reply_are_published_at_once_and_both_confirmed(
     assert not task.done()  # returns only once both are confirmed
     events_confirmed.set()
     await asyncio.wait_for(task, 5)
+
+
+def _modify_delivery() -> Delivery:
+    return read_delivery(
+        json.dumps(MODIFY).encode(), message_id=None, routing_key=None, correlation_id="corr-1"
+    )
+
+
+@pytest.mark.parametrize("detail", [b"\xff\xfe", object()], ids=["non-UTF-8 bytes", "object"])
+def test_a_result_whose_event_cannot_be_encoded_is_sent_as_failed_internal_error(
+    detail: object,
+) -> None:
+    delivery = _modify_delivery()
+    error = ErrorInfo(code="command_failed", message="m", phase=Phase.commit, detail=detail)
+    data = ResultData(
+        requestId=MODIFY_ID, command=delivery.command, outcome=Outcome.rolled_back, error=error
+    )
+    out = encode_result(delivery, data, Settings(event_source="urn:x"), correlation_id="corr-1")
+
+    assert out.failsafe and (out.outcome, out.code) == (Outcome.failed, "internal_error")
+    assert out.routing_key == "event.modify.failed"
+    assert out.message.message_id == out.event_id == f"{MODIFY_ID}/failed"
+    assert out.message.correlation_id == "corr-1"
+    event = decode_event(out.message.body)
+    assert event.id == f"{MODIFY_ID}/failed" and event.source == "urn:x"
+    assert event.data.requestId == MODIFY_ID and event.data.command == delivery.command
+    assert event.data.error is not None and event.data.error.code == "internal_error"
+    assert event.data.error.phase is Phase.commit
+    assert event.data.error.detail == {"outcome": "rolled_back"}
+    assert decide(published=True, poison=delivery.poison or out.failsafe) is (
+        Settlement.dead_letter
+    )
+
+
+def test_the_failsafe_event_does_not_depend_on_the_event_encoder(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(self: ResultEvent) -> bytes:
+        raise UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed")
+
+    monkeypatch.setattr(ResultEvent, "to_json", broken)
+    delivery = read_delivery(b"[" * 30, message_id="m-9", routing_key=None, correlation_id=None)
+    out = encode_result(delivery, None, Settings(), correlation_id=None)
+
+    assert out.failsafe and out.event_id == "m-9/failed"
+    raw = json.loads(out.message.body)
+    assert raw["data"]["error"]["phase"] == "validate"  # the delivery never got past intake
+    assert raw["data"]["error"]["detail"] == {"outcome": "rejected"}
+    assert "UnicodeEncodeError" in raw["data"]["error"]["message"]
+    ce = from_structured_event(
+        RabbitMQMessage(headers={}, content_type=EVENT_CONTENT_TYPE, body=out.message.body)
+    )
+    assert ce.get_id() == "m-9/failed"
+
+
+async def test_a_crashing_handler_s_internal_error_carries_the_request_s_comment() -> None:
+    async def handler(
+        request: ModifyRequest | RemoveRequest, request_id: str, announce: object
+    ) -> ResultData:
+        raise KeyError("servers")
+
+    data = await run_handler(handler, _modify_delivery())
+    assert data.error is not None and data.error.code == "internal_error"
+    assert data.comment == MODIFY["comment"]
+
+
+@pytest.mark.parametrize(
+    ("reply_to", "allowed"),
+    [
+        ("amq.rabbitmq.reply-to", True),
+        ("amq.rabbitmq.reply-to.g1h2AA1yZXBseUA5MjQ4ODg0.RILX5tQT85h/pjgcDS43mg==", True),
+        ("amq.gen-JzTY20BRgKO-HjmUJj0wLg", True),
+        ("replies.billing", True),  # a prefix of the setting
+        ("dhcp.failover.requests", False),  # the request queue itself
+        ("billing.inbox", False),  # some other application's queue
+        ("amq.rabbitmq.reply-to.", False),
+        ("amq.rabbitmq.reply-toX", False),
+        ("amq.genX", False),
+        ("", False),
+        (None, False),
+        (b"amq.gen-x", False),
+    ],
+)
+def test_reply_to_is_answered_only_on_direct_reply_to_and_the_configured_prefixes(
+    reply_to: object, allowed: bool
+) -> None:
+    assert reply_allowed(reply_to, ("amq.gen-", "replies.")) is allowed
+
+
+@pytest.mark.parametrize(
+    ("env", "prefixes"),
+    [
+        (None, ("amq.gen-",)),
+        ("amq.gen-, replies. ,,ops-", ("amq.gen-", "replies.", "ops-")),
+        ("", ()),
+    ],
+)
+def test_reply_to_prefixes_are_read_from_the_environment_as_comma_separated_text(
+    monkeypatch: pytest.MonkeyPatch, env: str | None, prefixes: tuple[str, ...]
+) -> None:
+    if env is None:
+        monkeypatch.delenv("DHCP_FAILOVER_REPLY_TO_PREFIXES", raising=False)
+    else:
+        monkeypatch.setenv("DHCP_FAILOVER_REPLY_TO_PREFIXES", env)
+    assert Settings().reply_prefixes == prefixes

@@ -2,10 +2,14 @@
 
 Per delivery (each in its own task, at most ``settings.concurrency`` handlers at once):
 
-    read_delivery (size, UTF-8, JSON, schema, request id)  -> Delivery
+    read_delivery (size, UTF-8, JSON, schema, request id)  -> Delivery (never raises)
     handler(request, request_id, announce) or the rejection -> ResultData
-    make_event                                             -> ResultEvent
+    make_event, encode (or the failsafe internal_error)    -> Outgoing
     publish with confirms, then settle (shielded tail)     -> ack / dead-letter / requeue
+
+Every delivery ends with exactly one terminal event, whatever its bytes and properties: a bug
+reading it, or building or encoding its event, is answered ``failed`` / ``internal_error``
+and the delivery dead-lettered, never left unacked holding a prefetch slot.
 
 The handler may ``announce`` its outcome before it returns (the coordinator does, as soon as
 the servers are in their final state, and then cleans up and records the outcome): the event
@@ -32,45 +36,23 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from worker.consumer.events import EventPublisher, PublishFailed
+from worker.consumer.events import EventPublisher, Outgoing, PublishFailed, reply_allowed
 from worker.consumer.intake import Delivery, read_delivery
+from worker.consumer.results import Handler, encode_result, run_handler
 from worker.consumer.topology import declare_topology
-from worker.errors import Rejected, WorkerError
-from worker.logging import bind_request, get_logger, redact_text, redact_url
-from worker.messages import (
-    ErrorInfo,
-    ModifyRequest,
-    Outcome,
-    Phase,
-    RemoveRequest,
-    ResultData,
-    ResultEvent,
-    make_event,
-)
+from worker.logging import bind_request, get_logger, redact_url
+from worker.messages import ResultData
 from worker.settings import Settings
-
-Announce = Callable[[ResultData], None]
-
-
-class Handler(Protocol):
-    """Runs one request to its outcome. It may call ``announce`` once with its final outcome
-    before it returns (the coordinator does so while it cleans up and records it): the event
-    is then published at once, and the request still acked only after the handler returned
-    and the event was confirmed."""
-
-    def __call__(
-        self, request: ModifyRequest | RemoveRequest, request_id: str, announce: Announce
-    ) -> Awaitable[ResultData]: ...
-
 
 log = get_logger(__name__)
 
@@ -134,64 +116,13 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement) -> bo
     return True
 
 
-def outcome_for(exc: WorkerError) -> Outcome:
-    """A domain error the handler raised instead of returning it as data.
+@dataclass(frozen=True)
+class _Publication:
+    """A result on its way: the publishing task (whether the broker confirmed it) and whether
+    the request is dead-lettered after it."""
 
-    ``Rejected`` is ``rejected``; ``Failed``, ``Ambiguous`` and any other ``WorkerError`` are
-    ``failed`` (the error code says which; an escaped ``Ambiguous`` is a coordinator bug).
-    """
-    return Outcome.rejected if isinstance(exc, Rejected) else Outcome.failed
-
-
-def _unheard(data: ResultData) -> None:
-    """No one listens for an early outcome: the result is published when the handler returns."""
-
-
-async def run_handler(
-    handler: Handler, delivery: Delivery, announce: Announce = _unheard
-) -> ResultData:
-    """The handler's result; never raises except on cancellation.
-
-    The coordinator returns every outcome as data. If a handler raises anyway, a domain error
-    becomes its outcome, and anything else is a bug: logged with its traceback and answered
-    with ``failed`` / ``internal_error`` so the loop, and the caller waiting on reply_to, go on.
-    """
-    request, request_id = delivery.request, delivery.request_id
-    assert request is not None and request_id is not None
-    try:
-        return await handler(request, request_id, announce)
-    except WorkerError as exc:
-        log.warning("handler raised a domain error", code=exc.code, error=exc.message)
-        outcome, error = outcome_for(exc), exc.to_info()
-    except Exception as exc:
-        log.exception("handler crashed")
-        outcome = Outcome.failed
-        error = ErrorInfo(
-            code="internal_error",
-            message=redact_text(f"{type(exc).__name__}: {exc}"),
-            phase=Phase.prepare,
-        )
-    return ResultData(
-        requestId=request_id,
-        command=request.command,
-        outcome=outcome,
-        dryRun=request.dry_run,
-        error=error,
-    )
-
-
-def build_event(delivery: Delivery, data: ResultData, settings: Settings) -> ResultEvent:
-    """The CloudEvent for a result; ``correlationid`` carries the request id (CONTRACT §3)."""
-    event = make_event(
-        data,
-        operation=delivery.operation,
-        subject=delivery.subject,
-        event_key=delivery.event_key,
-        correlation_id=delivery.correlation_id,
-    )
-    if settings.event_source != event.source:
-        event = event.model_copy(update={"source": settings.event_source})
-    return event
+    task: asyncio.Task[bool]
+    poison: bool
 
 
 class _Consumer:
@@ -238,23 +169,15 @@ class _Consumer:
                 delivery_count=(message.headers or {}).get("x-delivery-count"),
                 rejected=delivery.rejection.code if delivery.rejection else None,
             )
-            publication: asyncio.Task[bool] | None = None
+            publication: _Publication | None = None
 
             def announce(data: ResultData) -> None:
                 nonlocal publication
                 if publication is None:
-                    publication = self._publish(message, delivery, data)
+                    publication = self._publish(message, delivery, data, started)
 
-            if delivery.rejection is not None:
-                data = ResultData(
-                    requestId=delivery.request_id,
-                    command=delivery.command,
-                    outcome=Outcome.rejected,
-                    dryRun=delivery.dry_run,
-                    error=delivery.rejection,
-                    durationMs=int((time.monotonic() - started) * 1000),
-                )
-            else:
+            data: ResultData | None = None  # never handled: the delivery's own answer
+            if delivery.request is not None:
                 async with self._slots:
                     if self.stopping:
                         log.info("shutting down: request handed back unstarted")
@@ -264,58 +187,73 @@ class _Consumer:
                         data = await run_handler(self._handler, delivery, announce)
                     except asyncio.CancelledError:
                         if publication is not None:  # an outcome is out: ack it when confirmed
-                            await asyncio.shield(self._settle_after(message, delivery, publication))
+                            await asyncio.shield(self._settle_after(message, publication))
                             raise
                         log.warning("cancelled before an outcome: request handed back")
                         release = settle(message, decide(published=None, poison=False))
                         await asyncio.shield(release)
                         raise
             if publication is None:
-                publication = self._publish(message, delivery, data)
+                publication = self._publish(message, delivery, data, started)
             # Once the outcome exists, publishing it and acking must happen even if we are
             # cancelled: the change is done and must not be repeated for nothing.
-            await asyncio.shield(self._settle_after(message, delivery, publication))
+            await asyncio.shield(self._settle_after(message, publication))
 
     def _publish(
-        self, message: AbstractIncomingMessage, delivery: Delivery, data: ResultData
-    ) -> asyncio.Task[bool]:
+        self,
+        message: AbstractIncomingMessage,
+        delivery: Delivery,
+        data: ResultData | None,
+        started: float,
+    ) -> _Publication:
         """Start publishing the result event (a task we track: it outlives a cancel)."""
-        event = build_event(delivery, data, self._settings)
-        task = asyncio.create_task(self._confirmed(message, delivery, event))
+        out = encode_result(
+            delivery,
+            data,
+            self._settings,
+            correlation_id=message.correlation_id or delivery.request_id,
+            duration_ms=int((time.monotonic() - started) * 1000),
+        )
+        task = asyncio.create_task(self._confirmed(out, self._reply_to(message, out)))
         self._track(task, tail=True)
-        return task
+        return _Publication(task, poison=delivery.poison or out.failsafe)
+
+    def _reply_to(self, message: AbstractIncomingMessage, out: Outgoing) -> str | None:
+        """The request's ``reply_to`` if the worker may answer there (:func:`reply_allowed`)."""
+        reply_to = message.reply_to
+        if not reply_to or reply_allowed(reply_to, self._settings.reply_prefixes):
+            return reply_to or None
+        log.warning(
+            "reply_to refused, no reply sent (the event still goes to the event exchange): "
+            "add its prefix to DHCP_FAILOVER_REPLY_TO_PREFIXES to answer there",
+            reply_to=reply_to,
+            event_id=out.event_id,
+            reply_to_prefixes=self._settings.reply_to_prefixes,
+        )
+        return None
 
     def _settle_after(
-        self, message: AbstractIncomingMessage, delivery: Delivery, publication: asyncio.Task[bool]
+        self, message: AbstractIncomingMessage, publication: _Publication
     ) -> asyncio.Task[None]:
         """Settle once the event's fate is known; tracked too, so shutdown waits for it."""
 
         async def tail() -> None:
-            published = await publication
-            await settle(message, decide(published=published, poison=delivery.poison))
+            published = await publication.task
+            await settle(message, decide(published=published, poison=publication.poison))
 
         task = asyncio.create_task(tail())
         self._track(task, tail=True)
         return task
 
-    async def _confirmed(
-        self, message: AbstractIncomingMessage, delivery: Delivery, event: ResultEvent
-    ) -> bool:
+    async def _confirmed(self, out: Outgoing, reply_to: str | None) -> bool:
         """Publish the event; whether the broker confirmed it."""
         try:
-            await self._publisher.publish(
-                event,
-                reply_to=message.reply_to,
-                correlation_id=message.correlation_id or delivery.request_id,
-            )
+            await self._publisher.send(out, reply_to=reply_to)
         except PublishFailed as exc:
             log.warning("result not confirmed; the request will be redelivered", error=str(exc))
             return False
         log.info(
-            "result published",
-            outcome=event.data.outcome.value,
-            event_id=event.id,
-            code=event.data.error.code if event.data.error else None,
+            "result published", outcome=out.outcome.value, event_id=out.event_id, code=out.code
         )
         return True
 

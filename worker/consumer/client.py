@@ -2,7 +2,9 @@
 
 The reply comes back the RabbitMQ RPC way: the request carries ``reply_to`` (an exclusive,
 auto-deleted, server-named queue of this connection) and ``correlation_id``; the worker sends
-the same event it publishes to the event exchange there. The topology is declared first
+the same event it publishes to the event exchange there (the broker names that queue
+``amq.gen-...``, the worker's default ``reply_to_prefixes``: a worker configured without
+that prefix sends no reply, and ``--wait`` times out). The topology is declared first
 (idempotently), so a request published before any worker ever ran waits in its queue instead
 of being dropped by an exchange with no binding.
 """
