@@ -62,7 +62,9 @@ class FakeHost:
         self._check()
         data = self.files.get(path)
         if data is not None and len(data) > MAX_READ_BYTES:
-            raise RemoteFileTooLarge(f"{self.name}: {path} is larger than {MAX_READ_BYTES} bytes")
+            raise RemoteFileTooLarge(
+                f"{self.name}: {path} is larger than {MAX_READ_BYTES} bytes", server=self.name
+            )
         return data
 
     async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shlex
 import signal
 import subprocess
 import sys
@@ -27,14 +28,17 @@ from tests.e2e.support import (
     assert_untouched,
     modify_body,
     new_request_id,
+    rewrite_restart_command,
     slow_restart,
     worker_env,
 )
+from tests.transport.support import processes
 from worker.consumer.client import publish_request
 from worker.demo import PRIMARY, RELATIONSHIP, SECONDARY
 from worker.demo.localhosts import LocalHosts, Restart
 from worker.messages import ResultEvent
 from worker.settings import Settings
+from worker.transport import SshFleet, SshOptions, load_inventory
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -265,3 +269,31 @@ async def test_publish_wait_prints_the_workers_event_and_exits_0_or_2_when_rejec
     assert primary.config_bytes() == PRIMARY_AFTER.encode()
     assert secondary.config_bytes() == SECONDARY_AFTER.encode()
     assert consuming.process.poll() is None  # the worker is still serving
+
+
+async def test_a_killed_worker_process_leaves_no_command_running_once_its_lock_is_free(
+    sample_hosts: LocalHosts,
+    start_worker: Callable[[], WorkerProcess],
+    amqp: AbstractConnection,
+    settings: Settings,
+) -> None:
+    ticks = sample_hosts.hosts[SECONDARY].root / "ticks"
+    tick = f"date +%s.%N >> {shlex.quote(str(ticks))}; sleep 0.05"  # bounded: about 20 s
+    rewrite_restart_command(
+        sample_hosts,
+        SECONDARY,
+        lambda cmd: f"n=0; while [ $n -lt 400 ]; do {tick}; n=$((n+1)); done",
+    )
+    worker = start_worker()
+    await until_consuming(worker, amqp, settings)
+    await publish_request(settings, modify_body(new_request_id("killed")), "request.modify")
+    await wait_until(lambda: ticks.exists() and len(ticks.read_text().split()) >= 3, "ticks")
+    worker.process.kill()  # mid-commit, the secondary's restart running: no cleanup code runs
+    await asyncio.to_thread(worker.process.wait, 10)
+    inventory = load_inventory(sample_hosts.inventory_path)
+    async with SshFleet(inventory, SshOptions(connect_timeout=5)) as fleet:
+        async with fleet.host(SECONDARY).lock(15):
+            locked_at = time.time()
+        await asyncio.sleep(1.0)  # a restart still running would tick 20 times meanwhile
+    assert max(float(t) for t in ticks.read_text().split()) < locked_at
+    assert not processes(sample_hosts, str(ticks))

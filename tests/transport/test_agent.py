@@ -1,36 +1,32 @@
-"""The agent shells behind SshHost's commands and locks, on a real sshd: framing, reuse, and
-what happens to a command the worker gives up on."""
+"""The agent shells behind SshHost's commands and locks, on a real sshd: framing, reuse,
+listings, cancellation. (How long a command lives: test_command_lifetime.py.)"""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 import pytest
 
 from tests.fixtures.sshd import LocalHostsFactory
+from tests.transport.support import FAST, fleet_for, gone, processes
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
-from worker.demo.localhosts import LocalHost, LocalHosts, _tagged_pids
+from worker.demo.localhosts import LocalHost, LocalHosts
 from worker.errors import (
     Ambiguous,
     CommandFailed,
-    LockTimeout,
     RemoteFileError,
     RemoteFileNotFound,
 )
-from worker.transport import SshFleet, SshOptions, load_inventory, parse_inventory
-from worker.transport.agent import AGENT_COMMAND, KILL_GRACE, Agent
+from worker.transport import SshFleet, load_inventory
+from worker.transport.agent import AGENT_COMMAND, Agent
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-
-FAST = SshOptions(connect_timeout=5, command_timeout=5, keepalive_interval=5)
 
 
 @pytest.fixture
@@ -45,35 +41,6 @@ async def fleet(pair: LocalHosts) -> AsyncIterator[SshFleet]:
         yield fleet
     finally:
         await fleet.close()
-
-
-def _fleet_for(hosts: LocalHosts, options: SshOptions = FAST, **changes: Any) -> SshFleet:
-    import tomllib
-
-    raw = tomllib.loads(hosts.inventory_path.read_text())["servers"][PRIMARY]
-    raw.update(changes)
-    return SshFleet(parse_inventory({"servers": {PRIMARY: raw}}, hosts.inventory_path), options)
-
-
-def _processes(hosts: LocalHosts, needle: str) -> list[int]:
-    """Processes the hosts' sshds started whose command line contains ``needle``."""
-    found = []
-    for pid in _tagged_pids(hosts.token):
-        with contextlib.suppress(OSError):
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
-            if needle.encode() in cmdline:
-                found.append(pid)
-    return found
-
-
-async def _gone(hosts: LocalHosts, needle: str, within: float) -> bool:
-    """True once no process matching ``needle`` is left, polling for up to ``within`` s."""
-    deadline = time.monotonic() + within
-    for _ in range(int(within / 0.05) + 1):
-        if not _processes(hosts, needle) or time.monotonic() > deadline:
-            break
-        await asyncio.sleep(0.05)
-    return not _processes(hosts, needle)
 
 
 async def _raw_connection(hosts: LocalHosts, local: LocalHost) -> asyncssh.SSHClientConnection:
@@ -96,7 +63,7 @@ async def test_streams_status_and_bytes_come_back_exactly(pair: LocalHosts) -> N
         ": {path}; printf 'no newline at the end'; printf 'to stderr\\n' >&2; "
         "head -c 300000 /dev/zero | tr '\\0' x >&2; exit 7"
     )
-    async with _fleet_for(pair, validate_command=command) as fleet:
+    async with fleet_for(pair, validate_command=command) as fleet:
         result = await fleet.host(PRIMARY).validate("/unused")
     assert result.exit_status == 7
     assert result.stdout == "no newline at the end"
@@ -104,7 +71,7 @@ async def test_streams_status_and_bytes_come_back_exactly(pair: LocalHosts) -> N
 
 
 async def test_a_multi_line_command_runs_whole(pair: LocalHosts) -> None:
-    async with _fleet_for(pair, validate_command="echo one\necho two {path}") as fleet:
+    async with fleet_for(pair, validate_command="echo one\necho two {path}") as fleet:
         result = await fleet.host(PRIMARY).validate("/a path")
     assert result.ok
     assert result.stdout == "one\ntwo /a path\n"
@@ -113,7 +80,7 @@ async def test_a_multi_line_command_runs_whole(pair: LocalHosts) -> None:
 async def test_a_command_reading_stdin_gets_eof_and_leaves_the_agent_usable(
     pair: LocalHosts,
 ) -> None:
-    async with _fleet_for(pair, validate_command="cat; echo after cat {path}") as fleet:
+    async with fleet_for(pair, validate_command="cat; echo after cat {path}") as fleet:
         host = fleet.host(PRIMARY)
         first = await host.validate("/unused")
         second = await host.validate("/unused")
@@ -124,7 +91,7 @@ async def test_a_command_reading_stdin_gets_eof_and_leaves_the_agent_usable(
 async def test_concurrent_commands_on_one_host_each_get_their_own_output(
     pair: LocalHosts,
 ) -> None:
-    async with _fleet_for(pair, validate_command="sleep 0.2; echo {path}") as fleet:
+    async with fleet_for(pair, validate_command="sleep 0.2; echo {path}") as fleet:
         host = fleet.host(PRIMARY)
         results = await asyncio.gather(*(host.validate(f"/p{i}") for i in range(3)))
         assert [r.stdout for r in results] == ["/p0\n", "/p1\n", "/p2\n"]
@@ -166,7 +133,7 @@ async def test_an_agent_that_died_while_idle_is_replaced_without_ambiguity(
 ) -> None:
     host = fleet.host(PRIMARY)
     assert (await host.restart()).ok
-    for pid in _processes(pair, "dfw-agent"):
+    for pid in processes(pair, "dfw-agent"):
         os.kill(pid, signal.SIGKILL)
     await asyncio.sleep(0.3)
     assert (await host.restart()).ok
@@ -174,35 +141,14 @@ async def test_an_agent_that_died_while_idle_is_replaced_without_ambiguity(
     assert host.connections_opened == 1
 
 
-async def test_a_timed_out_command_is_stopped_on_the_server_and_the_lock_survives(
-    pair: LocalHosts,
-) -> None:
-    local = pair.hosts[PRIMARY]
-    options = SshOptions(connect_timeout=5, command_timeout=1)
-    async with _fleet_for(pair, options) as fleet, _fleet_for(pair) as other:
-        host = fleet.host(PRIMARY)
-        async with host.lock(5):
-            local.set_marker("hang-restart")
-            with pytest.raises(Ambiguous):
-                await host.restart()
-            assert _processes(pair, "sleep 60")  # still running just after the timeout
-            local.set_marker("hang-restart", on=False)
-            # The lock is held by another agent: still ours, and the rollback can restart.
-            with pytest.raises(LockTimeout):
-                async with other.host(PRIMARY).lock(0.2):
-                    pytest.fail("lock lost with the timed-out command")
-            assert (await host.restart()).ok
-            assert await _gone(pair, "sleep 60", within=1 + KILL_GRACE + 3), "hung command left"
-    assert [r.status for r in local.restarts()] == ["hung", "ok"]
-
-
 async def test_closing_the_fleet_ends_every_agent(pair: LocalHosts) -> None:
-    async with _fleet_for(pair) as fleet:
+    async with fleet_for(pair) as fleet:
         host = fleet.host(PRIMARY)
         async with host.lock(5):
-            assert (await host.restart()).ok
-        assert len(_processes(pair, "dfw-agent")) == 2
-    assert await _gone(pair, "dfw-agent", within=5)
+            assert (await host.restart()).ok  # on the lock's agent
+            await host.listdir(pair.hosts[PRIMARY].config_dir.as_posix())  # needs another
+        assert len(processes(pair, "dfw-agent")) == 2
+    assert await gone(pair, "dfw-agent", within=5)
 
 
 # -- listings ------------------------------------------------------------------------------------
@@ -251,7 +197,7 @@ async def test_listdir_of_a_missing_or_unlistable_path_raises(
 async def test_a_cancelled_command_discards_its_agent_and_the_next_one_runs_cleanly(
     pair: LocalHosts,
 ) -> None:
-    async with _fleet_for(pair, validate_command="sleep 1; echo late {path}") as fleet:
+    async with fleet_for(pair, validate_command="sleep 1; echo late {path}") as fleet:
         host = fleet.host(PRIMARY)
         task = asyncio.create_task(host.validate("/first"))
         await asyncio.sleep(0.3)
@@ -264,7 +210,7 @@ async def test_a_cancelled_command_discards_its_agent_and_the_next_one_runs_clea
 
 
 async def test_a_cancelled_lock_wait_does_not_keep_the_lock(pair: LocalHosts) -> None:
-    async with _fleet_for(pair) as holder, _fleet_for(pair) as waiter, _fleet_for(pair) as third:
+    async with fleet_for(pair) as holder, fleet_for(pair) as waiter, fleet_for(pair) as third:
         async with holder.host(PRIMARY).lock(5):
             task = asyncio.create_task(_hold_briefly(waiter, 5))
             await asyncio.sleep(0.3)
@@ -285,7 +231,7 @@ async def test_output_beyond_the_channel_window_is_ambiguous_and_says_why(
     pair: LocalHosts,
 ) -> None:
     command = ": {path}; head -c 5000000 /dev/zero"
-    async with _fleet_for(pair, validate_command=command) as fleet:
+    async with fleet_for(pair, validate_command=command) as fleet:
         host = fleet.host(PRIMARY)
         with pytest.raises(Ambiguous) as caught:
             await host.validate("/unused")

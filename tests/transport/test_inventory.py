@@ -120,6 +120,28 @@ def test_a_relative_config_path_is_rejected(inventory_dir: Path) -> None:
     assert "absolute" in str(error)
 
 
+@pytest.mark.parametrize("lock_path", ["/etc/dhcp/dhcpd.conf", "/etc/dhcp/../dhcp/dhcpd.conf"])
+def test_a_lock_path_that_is_the_config_path_is_rejected_naming_the_field(
+    inventory_dir: Path, lock_path: str
+) -> None:
+    text = GOOD.replace('"/run/lock/dhcp-failover.lock"', f'"{lock_path}"')
+    error = _error(inventory_dir, text)
+    assert error.server == "dhcp2.example.net"
+    assert "lock_path must not be config_path" in str(error)
+
+
+def test_working_directory_defaults_to_the_config_directory_and_must_be_absolute(
+    inventory_dir: Path,
+) -> None:
+    text = GOOD.replace("port = 2222", 'port = 2222\nworking_directory = "/var/lib/dhcp/"')
+    servers = load_inventory(_write(inventory_dir, text)).servers
+    assert servers["dhcp1.example.net"].effective_working_directory == "/etc/dhcp"
+    assert servers["dhcp2.example.net"].effective_working_directory == "/var/lib/dhcp"
+    error = _error(inventory_dir, text.replace('"/var/lib/dhcp/"', '"var/lib/dhcp"'))
+    assert (error.server, error.field) == ("dhcp2.example.net", "working_directory")
+    assert "absolute" in str(error)
+
+
 def test_a_missing_client_key_file_is_named_when_files_are_checked(inventory_dir: Path) -> None:
     (inventory_dir / "keys" / "id_ed25519").unlink()
     path = _write(inventory_dir, GOOD)

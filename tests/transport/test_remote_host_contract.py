@@ -8,24 +8,36 @@ from __future__ import annotations
 import asyncio
 import os
 import posixpath
+import re
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import pytest
 
+import tests.fakes
+import worker.change.ports
+import worker.transport.ssh
 from tests.fakes import FakeHost
 from tests.fixtures.sshd import LocalHostsFactory
+from tests.transport.support import fleet_for
 from worker.change.ports import RemoteHost
 from worker.demo import PRIMARY, sample_config
-from worker.demo.localhosts import LocalHost
-from worker.errors import Ambiguous, LockTimeout, RemoteFileError, RemoteFileNotFound
-from worker.transport import SshFleet, SshOptions, load_inventory
+from worker.demo.localhosts import LocalHost, LocalHosts
+from worker.errors import (
+    Ambiguous,
+    LockTimeout,
+    RemoteFileError,
+    RemoteFileNotFound,
+    RemoteFileTooLarge,
+)
+from worker.transport import SshFleet, SshOptions
 
 pytestmark = pytest.mark.timeout(60)
 
 CONF = sample_config("primary").encode()
+OPTIONS = SshOptions(connect_timeout=5, command_timeout=1.5)
 
 
 class Harness(Protocol):
@@ -40,6 +52,12 @@ class Harness(Protocol):
     def fail_restart(self) -> None: ...
     def hang_restart(self) -> None: ...
     def restarts(self) -> int: ...
+    def make_dir(self, path: str) -> None: ...
+
+    def host_in(self, directory: str) -> RemoteHost:
+        """The same server with ``working_directory`` set to ``directory`` in the inventory;
+        both hosts' validation then resolves a relative ``include`` like dhcpd does."""
+        ...
 
 
 @dataclass
@@ -64,11 +82,39 @@ class FakeHarness:
     def restarts(self) -> int:
         return self.host.restarts
 
+    def make_dir(self, path: str) -> None:
+        """A dict of files needs no directories."""
+
+    def host_in(self, directory: str) -> RemoteHost:
+        other = FakeHost(self.host.name, files=self.host.files, modes=self.host.modes)
+        other.cwd = directory
+        for host in (self.host, other):
+            host.validator = _dhcpd_include_check(host)
+        return other
+
+
+def _dhcpd_include_check(host: FakeHost) -> Callable[[str, bytes], tuple[bool, str]]:
+    """What ``dhcpd -t`` says of a relative ``include`` missing from the working directory."""
+
+    def validator(path: str, data: bytes) -> tuple[bool, str]:
+        for name in re.findall(rb'include\s+"([^"]+)"', data):
+            included = posixpath.join(host.working_directory, name.decode())
+            if included not in host.files:
+                return False, f"Can't open {name.decode()}: No such file or directory"
+        return True, ""
+
+    return validator
+
 
 @dataclass
 class SshHarness:
     host: RemoteHost
-    local: LocalHost
+    hosts: LocalHosts
+    fleets: list[SshFleet] = field(default_factory=list)
+
+    @property
+    def local(self) -> LocalHost:
+        return self.hosts.hosts[PRIMARY]
 
     def mode(self, path: str) -> int:
         return os.stat(path).st_mode & 0o7777
@@ -88,6 +134,14 @@ class SshHarness:
     def restarts(self) -> int:
         return len(self.local.restarts())
 
+    def make_dir(self, path: str) -> None:
+        os.makedirs(path, exist_ok=True)
+
+    def host_in(self, directory: str) -> RemoteHost:
+        fleet = fleet_for(self.hosts, OPTIONS, working_directory=directory)
+        self.fleets.append(fleet)
+        return fleet.host(PRIMARY)
+
 
 @pytest.fixture(params=["fake", pytest.param("ssh", marks=pytest.mark.integration)])
 async def harness(
@@ -100,13 +154,12 @@ async def harness(
         yield FakeHarness(fake)
         return
     hosts = local_hosts({PRIMARY: CONF})
-    fleet = SshFleet(
-        load_inventory(hosts.inventory_path), SshOptions(connect_timeout=5, command_timeout=1.5)
-    )
+    fleet = fleet_for(hosts, OPTIONS)
+    harness = SshHarness(fleet.host(PRIMARY), hosts, [fleet])
     try:
-        yield SshHarness(fleet.host(PRIMARY), hosts.hosts[PRIMARY])
+        yield harness
     finally:
-        await fleet.close()
+        await asyncio.gather(*(f.close() for f in harness.fleets))
 
 
 def _dir(h: Harness) -> str:
@@ -133,6 +186,28 @@ async def test_read_returns_empty_and_multi_block_files_whole(harness: Harness) 
         assert await harness.host.read(big) == data
 
 
+@pytest.fixture
+def read_limit(monkeypatch: pytest.MonkeyPatch) -> int:
+    """``MAX_READ_BYTES`` made small (more than one SFTP read block) wherever it is used."""
+    limit = 300_000
+    for module in (worker.change.ports, worker.transport.ssh, tests.fakes):
+        monkeypatch.setattr(module, "MAX_READ_BYTES", limit)
+    return limit
+
+
+async def test_read_of_a_file_larger_than_the_limit_is_refused(
+    harness: Harness, read_limit: int
+) -> None:
+    path = _beside(harness, "huge.conf")
+    await harness.host.write(path, b"#" * read_limit)
+    assert await harness.host.read(path) == b"#" * read_limit  # the limit itself is fine
+    await harness.host.write(path, b"#" * (read_limit + 1))
+    with pytest.raises(RemoteFileTooLarge) as caught:
+        await harness.host.read(path)
+    assert caught.value.server == PRIMARY
+    assert str(read_limit) in caught.value.message
+
+
 async def test_read_of_a_missing_file_returns_none(harness: Harness) -> None:
     assert await harness.host.read(_beside(harness, "nope.conf")) is None
 
@@ -144,11 +219,16 @@ async def test_write_creates_then_truncates_a_file(harness: Harness) -> None:
     assert await harness.host.read(path) == b"short\n"
 
 
-async def test_write_copies_the_mode_of_like(harness: Harness) -> None:
-    harness.set_mode(harness.host.config_path, 0o640)
-    path = _beside(harness, "candidate.conf")
-    await harness.host.write(path, b"x\n", like=harness.host.config_path)
-    assert harness.mode(path) == 0o640
+@pytest.mark.parametrize("mode", [0o640, 0o600], ids=oct)
+async def test_write_copies_the_mode_of_like(harness: Harness, mode: int) -> None:
+    other = _beside(harness, "journal.json")
+    await harness.host.write(other, b"{}\n")
+    harness.set_mode(other, mode)
+    path = _beside(harness, "done.json")
+    await harness.host.write(path, b"x\n", like=other)
+    assert harness.mode(path) == mode
+    await harness.host.write(path, b"y\n", like=harness.host.config_path)  # a replace too
+    assert harness.mode(path) == harness.mode(harness.host.config_path) == 0o644
 
 
 async def test_write_without_like_gets_mode_644(harness: Harness) -> None:
@@ -224,6 +304,27 @@ async def test_listdir_names_the_entries_of_the_config_dir(harness: Harness) -> 
     assert names == sorted(names)
     assert not any("/" in n for n in names)
     assert not [n for n in names if n.endswith(".tmp")]
+
+
+async def test_working_directory_defaults_to_the_config_directory(harness: Harness) -> None:
+    assert harness.host.working_directory == _dir(harness)
+
+
+async def test_validate_runs_in_the_working_directory_the_inventory_names(
+    harness: Harness,
+) -> None:
+    directory = _beside(harness, "state")
+    moved = harness.host_in(directory)
+    assert moved.working_directory == directory
+    harness.make_dir(posixpath.join(directory, "sub"))
+    await moved.write(posixpath.join(directory, "sub", "extra.conf"), b'option domain-name "x";\n')
+    candidate = _beside(harness, "candidate.conf")
+    await moved.write(candidate, CONF + b'include "sub/extra.conf";\n')
+    result = await moved.validate(candidate)
+    assert result.ok, result.stderr
+    unmoved = await harness.host.validate(candidate)  # from the config directory: not found
+    assert not unmoved.ok
+    assert "Can't open sub/extra.conf" in unmoved.stdout + unmoved.stderr
 
 
 async def test_validate_accepts_a_good_candidate(harness: Harness) -> None:

@@ -24,6 +24,7 @@ from worker.errors import (
     HostKeyMismatch,
     LockTimeout,
     RemoteFileNotFound,
+    RemoteFileTooLarge,
     UnknownServer,
     Unreachable,
 )
@@ -208,10 +209,10 @@ async def test_one_connection_serves_many_operations(pair: LocalHosts, fleet: Ss
         await host.listdir(posixpath.dirname(host.config_path))
 
     await change()
-    assert host.execs_started == 2  # one agent shell holds the lock, one runs the commands
+    assert host.execs_started == 1  # one agent shell holds the lock and runs the commands
     for _ in range(3):
         await change()
-    assert host.execs_started == 2  # a warm change starts no new exec; files go over SFTP
+    assert host.execs_started == 1  # a warm change starts no new exec; files go over SFTP
     assert host.connections_opened == 1
     assert local.accepted_connections() == 1
     assert [r.status for r in local.restarts()] == ["ok"] * 4
@@ -334,6 +335,13 @@ async def test_write_leaves_no_temp_file_and_keeps_owner_and_mode(
     assert (st.st_uid, st.st_gid, st.st_mode & 0o7777) == (65534, 65534, mode)
     assert candidate.read_bytes() == b"data\n"
     assert sorted(p.name for p in local.config_dir.iterdir()) == ["candidate.conf", "dhcpd.conf"]
+
+
+async def test_reading_a_device_that_never_ends_stops_at_the_read_limit(fleet: SshFleet) -> None:
+    with pytest.raises(RemoteFileTooLarge) as caught:  # (32 MiB: about 0.1 s here)
+        await fleet.host(PRIMARY).read("/dev/zero")
+    assert caught.value.server == PRIMARY
+    assert "/dev/zero" in caught.value.message
 
 
 async def test_write_into_a_missing_directory_is_file_not_found(

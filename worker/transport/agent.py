@@ -8,33 +8,52 @@ with no new exec at all.
 
 The protocol (all text, one request at a time per agent)::
 
+    banner    stdout: \\ndfw-agent-ready-v1\\n<features>\\n   stderr: \\ndfw-agent-ready-v1\\n
     request   <op> <token> <arg>\\n  <body lines>\\n  <token>\\n
     reply     stdout: <output>\\n<token> <status>\\n      stderr: <output>\\n<token>\\n
 
-``token`` is 32 random hex digits chosen per agent: it ends the body (a command or a path;
-never message text, only inventory values with ``{path}`` shell-quoted by the caller) and
-marks the end of each output stream, so any byte a command prints is passed through
-unchanged. It stays the same for the agent's life (asyncssh then compiles its separator once,
-not per request); a request that does not complete discards the agent, so no reply can ever
-be mistaken for a later one's. A body cut short by a lost connection is never run: the agent
-exits unless it read the closing token.
+``features`` is ``timeout`` when GNU ``timeout`` is on the server's PATH, else empty. ``token`` is
+32 random hex digits chosen per agent: it ends the body (a command or a path; never message
+text, only inventory values with ``{path}`` shell-quoted by the caller) and marks the end of
+each output stream, so any byte a command prints is passed through unchanged. It stays the
+same for the agent's life (asyncssh then compiles its separator once, not per request); a
+request that does not complete discards the agent, so no reply can ever be mistaken for a
+later one's. A body cut short by a lost connection is never run: the agent exits unless it
+read the closing token.
 
-Ops: ``run`` runs the body with ``/bin/sh -c`` under GNU ``timeout`` (``arg`` seconds, then
-KILL after 5 more), stdin ``/dev/null``, fd 9 closed. ``timeout`` puts the command in its own
-process group and kills that whole group, so a command the worker gave up on is stopped on
-the server even for a root login (whose sessions sshd will not signal). ``lock`` opens the
-body's path on fd 9 and ``flock -w arg`` on it (exit 75 when busy); ``unlock`` closes fd 9.
-The lock belongs to the agent shell itself: when the worker or its connection dies, sshd closes
-the agent's stdin, the shell exits, and the kernel drops the lock. ``list`` prints the names in
-the body's directory, each followed by ``/`` (the one byte a name cannot hold), with shell
-builtins in one subshell (exit 3: missing, 4: not a readable directory).
+Ops: ``run`` runs the body with ``/bin/sh -c``, stdin ``/dev/null``, fds 8 and 9 closed, in the
+background under GNU ``timeout`` (TERM after ``arg`` seconds, KILL :data:`KILL_GRACE` later;
+``timeout`` puts itself and the command in a process group of their own, exit 124 or 137 when
+it fired; without ``timeout`` the body runs plainly, and starts with SIGINT and SIGQUIT
+ignored, as any background job of a shell without job control). Meanwhile a watcher subshell
+reads the agent's stdin (dup'd on fd 8): the worker sends nothing until the reply, so the
+watcher consumes no byte of a request (``read`` takes a pipe byte by byte), and it sees EOF
+only when the channel closed -- the worker died, lost its connection or discarded the agent.
+Then it kills the command's whole process group with KILL at once (the worker that would read
+the outcome is gone, and a TERM could be trapped and let the command act on for a while) and
+waits until the group is gone (at most :data:`GONE_WAIT` seconds: zombies count as present
+where nothing reaps orphans). Without a process group of its own (no GNU ``timeout``) it kills
+the agent's group instead, which holds the command, its children and the agent itself. The
+agent waits for the command, then stops and reaps the watcher, then replies.
+
+``lock`` opens the body's path on fd 9 and ``flock -w arg`` on it (exit 75 when busy);
+``unlock`` closes fd 9. The lock belongs to the agent shell itself (and its watcher, a fork):
+when the worker or its connection dies, sshd closes the agent's stdin, a running command is
+killed as above, the shell exits, and only then does the kernel drop the lock -- so a dead
+worker's command never outlives its lock.
+
+``list`` prints the names in the body's directory, each followed by ``/`` (the one byte a name
+cannot hold), with shell builtins in one subshell (exit 3: missing, 4: not a readable
+directory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shlex
+import time
 import uuid
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -47,17 +66,46 @@ LOCK_BUSY_EXIT = 75
 LIST_MISSING_EXIT = 3
 """``list``: the directory does not exist."""
 
-KILL_GRACE = 1.0
-"""Seconds the server-side ``timeout`` adds to the worker's own command timeout. The worker
-gives up first and calls the command ambiguous; only then is the command stopped, so a kill
-is never mistaken for the command's own failure."""
+KILL_GRACE = 2.0
+"""Seconds the server-side ``timeout`` waits after its TERM before it sends KILL."""
+
+REPLY_MARGIN = 5.0
+"""Seconds the worker waits for a reply beyond the server-side kill (``timeout`` +
+:data:`KILL_GRACE`): only a reply that never comes means a dead or wedged connection."""
+
+TIMEOUT_EXITS = frozenset({124, 137})
+"""GNU ``timeout``'s exit status when it stopped the command: TERM (124), KILL (128 + 9)."""
+
+GONE_WAIT = 2.0
+"""Seconds at most the watcher waits for a killed command's process group to be gone."""
 
 _READY = b"\ndfw-agent-ready-v1\n"
 
 # Runs under /bin/sh (dash, bash --posix, busybox ash...): POSIX only, every expansion quoted.
-AGENT_SCRIPT = r"""
+# dfw_watch is the watcher of one `run` (its stdin is the channel, via fd 8). On EOF it kills
+# the pid first (GNU timeout may not have made its group yet, and then never will), then the
+# group; no such group means the command shares the agent's (no GNU timeout), so the agent's
+# own group goes, the agent with it. From EOF on it ignores TERM: the agent's "stop watching"
+# after the command ended must not cut short the wait for the rest of its group.
+_SCRIPT = r"""
 if command -v timeout >/dev/null 2>&1; then dfw_t=timeout; else dfw_t=; fi
-printf '\ndfw-agent-ready-v1\n'
+exec 8<&0
+dfw_watch() {
+  while IFS= read -r dfw_x; do :; done
+  trap '' TERM
+  kill -KILL "$1" 2>/dev/null
+  if kill -KILL -"$1" 2>/dev/null; then
+    dfw_n=0
+    while [ "$dfw_n" -lt @POLLS@ ] && kill -0 -"$1" 2>/dev/null; do
+      sleep 0.05 2>/dev/null || { sleep 1; dfw_n=$((dfw_n + 19)); }
+      kill -KILL -"$1" 2>/dev/null
+      dfw_n=$((dfw_n + 1))
+    done
+  else
+    kill -KILL 0
+  fi
+}
+printf '\ndfw-agent-ready-v1\n%s\n' "$dfw_t"
 printf '\ndfw-agent-ready-v1\n' >&2
 while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
   dfw_body=
@@ -71,11 +119,17 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
   case $dfw_op in
     run)
       if [ -n "$dfw_t" ]; then
-        timeout -k 5 "$dfw_arg" /bin/sh -c "$dfw_body" </dev/null 9>&-
+        timeout -k @GRACE@ "$dfw_arg" /bin/sh -c "$dfw_body" </dev/null 8<&- 9>&- &
       else
-        /bin/sh -c "$dfw_body" </dev/null 9>&-
+        /bin/sh -c "$dfw_body" </dev/null 8<&- 9>&- &
       fi
-      dfw_st=$? ;;
+      dfw_pid=$!
+      dfw_watch "$dfw_pid" <&8 8<&- &
+      dfw_w=$!
+      wait "$dfw_pid"
+      dfw_st=$?
+      kill "$dfw_w" 2>/dev/null
+      wait "$dfw_w" 2>/dev/null ;;
     lock)
       dfw_body=${dfw_body%?}
       if command exec 9>>"$dfw_body"; then
@@ -118,6 +172,11 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
 done
 """
 
+AGENT_SCRIPT = _SCRIPT.replace("@GRACE@", f"{KILL_GRACE:g}").replace(
+    "@POLLS@", str(int(GONE_WAIT / 0.05))
+)
+"""The agent (see the module docstring); the watcher is ``dfw_watch``, started per ``run``."""
+
 AGENT_COMMAND = f"exec /bin/sh -c {shlex.quote(AGENT_SCRIPT)} dfw-agent"
 """What the login shell is asked to run: its start-up files are read this once per agent."""
 
@@ -131,7 +190,8 @@ class AgentLost(Exception):
 
 
 class AgentTimeout(Exception):
-    """No reply within the timeout; the agent has been discarded."""
+    """No reply within the limit; the agent has been discarded (its watcher then ends a
+    command it was running)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +201,10 @@ class Reply:
     status: int
     stdout: bytes
     stderr: bytes
+    seconds: float = 0.0
+    """From sending the request to its reply, as the worker saw it."""
+    timed_out: bool = False
+    """``run`` only: the server-side ``timeout`` stopped the command (see :meth:`Agent.run`)."""
 
 
 class Agent:
@@ -153,6 +217,8 @@ class Agent:
     ) -> None:
         self.conn = conn
         self.process = process
+        self.kills_on_timeout = False
+        """The banner said GNU ``timeout`` is there: ``run`` is timed out on the server."""
         self._busy = asyncio.Lock()
         self._broken = False
         self._token = uuid.uuid4().hex
@@ -168,12 +234,18 @@ class Agent:
     ) -> Agent:
         """Wait for the agent's banner on both streams (start-up noise before it is skipped)."""
         agent = cls(conn, process)
+
+        async def banner() -> bytes:
+            await process.stdout.readuntil(_READY)
+            return await process.stdout.readline()
+
         try:
             async with asyncio.timeout(limit):
-                await _both(process.stdout.readuntil(_READY), process.stderr.readuntil(_READY))
+                features, _ = await _both(banner(), process.stderr.readuntil(_READY))
         except BaseException:
             agent.discard()
             raise
+        agent.kills_on_timeout = features.strip() == b"timeout"
         return agent
 
     @property
@@ -200,6 +272,7 @@ class Agent:
             frame += f"{token}\n"
             done = False
             sent = False
+            started = time.monotonic()
             try:
                 self.process.stdin.write(frame.encode("utf-8", "surrogateescape"))
                 sent = True
@@ -228,15 +301,31 @@ class Agent:
                 if not done:
                     self.discard()
             cut = len(token) + 2  # "\n" + token + " " (stdout), "\n" + token + "\n" (stderr)
-            return Reply(status, out[:-cut], err[:-cut])
+            return Reply(status, out[:-cut], err[:-cut], time.monotonic() - started)
+
+    async def run(self, body: str, time_limit: float) -> Reply:
+        """Run ``body`` as a ``run`` request timed out on the server after ``time_limit`` s.
+
+        The reply is awaited :data:`KILL_GRACE` + :data:`REPLY_MARGIN` longer than that, so
+        a command that runs too long comes back as a reply (``timed_out``: status 124 or 137
+        after at least ``time_limit``) and the agent, and a lock it holds, stay usable.
+        Without GNU ``timeout`` on the server the worker gives up after ``time_limit`` itself:
+        the agent is discarded (its watcher ends the command) and :class:`AgentTimeout` raised.
+        """
+        own = self.kills_on_timeout
+        limit = time_limit + KILL_GRACE + REPLY_MARGIN if own else time_limit
+        reply = await self.request("run", f"{max(time_limit, 0.001):.3f}", body, limit)
+        if own and reply.status in TIMEOUT_EXITS and reply.seconds >= time_limit:
+            return dataclasses.replace(reply, timed_out=True)
+        return reply
 
     def discard(self) -> None:
-        """Drop the agent now: ask sshd to signal it (refused for root), close the channel.
-        Its shell then exits on EOF or a broken pipe; a command it was running is stopped by
-        the server-side ``timeout``."""
+        """Drop the agent now: close the channel. Its shell sees EOF: the watcher of a running
+        command kills the command's process group, then the shell exits (and a lock it held
+        goes). No signal is asked for: sshd would send it to the agent's process group,
+        killing the agent and its watcher but not the command's group, and a lock would then
+        be free while the command still ran."""
         self._broken = True
-        with contextlib.suppress(OSError, asyncssh.Error):
-            self.process.send_signal("TERM")
         self.process.close()
 
     def retire(self) -> None:

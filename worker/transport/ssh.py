@@ -14,8 +14,11 @@ What the remote account needs
 * A login shell that runs a POSIX command line (sh, bash, dash, ksh, zsh) and start-up files
   that print nothing on stdout (noise before the agent's banner is skipped, but is better not
   there). On the server's PATH: ``/bin/sh``, ``flock`` (util-linux) for the change lock and
-  ``timeout`` (GNU coreutils) to stop a command the worker gave up on; without ``timeout``
-  everything works but such a command runs on to its end.
+  ``timeout`` (GNU coreutils), which stops a command at ``command_timeout`` on the server and
+  gives it a process group of its own, so that the agent can end all of it when the worker
+  goes. Without ``timeout`` everything works, but the worker times a command out itself
+  (dropping its agent, and with it a change lock that agent held), and a command whose worker
+  went is ended by killing the agent's own process group, together with the lock.
 * The ``validate_command`` (default ``dhcpd -t -cf {path}``), ``restart_command`` and optional
   ``verify_command`` allowed to it (root, or sudo rules without a password prompt or tty).
   They run under ``/bin/sh -c`` with the environment the login shell exported once, when the
@@ -24,19 +27,22 @@ What the remote account needs
 * Ideally ``ClientAliveInterval`` in sshd_config, so a lock held by a worker that vanished
   without closing its TCP connection is released within a bounded time.
 * ``MaxSessions`` (default 10) above what one worker opens on one connection: an SFTP session,
-  and one agent shell per change holding or waiting for the lock plus one per command running
-  at the same moment (up to ``MAX_IDLE_AGENTS`` of them stay open between changes).
+  and one agent shell per change holding or waiting for the lock plus one per listing (or
+  command run without the lock) at the same moment (up to ``MAX_IDLE_AGENTS`` of them stay
+  open between changes).
 
 Execs: sshd runs every exec through the login shell, which reads its start-up files (150 ms
 or far more with a version manager in ``.bashrc``). So commands and the lock go to *agents*
 (:mod:`worker.transport.agent`): small ``/bin/sh`` loops started with one exec each, pooled per
 connection and reused, that run a request framed on their stdin and frame the reply. A warm
-change starts no exec: one pooled agent holds the lock, another runs validate and
-restart-and-verify (``restart && verify``, one request). Reads, writes, renames and removes
-are SFTP requests; directory listings go to an agent as well (SFTP sends every entry's
-attributes, which asyncssh decodes in Python). A command past ``command_timeout`` is
-``Ambiguous``; its agent is discarded and the server-side ``timeout`` stops the command's
-process group a moment later.
+change starts no exec: a pooled agent takes the lock, and while the change holds it that same
+agent runs validate and restart-and-verify (``restart && verify``, one request), so when the
+worker or its connection dies the agent ends the running command before the lock is free (see
+the agent module). Reads, writes, renames and removes are SFTP requests; directory listings
+go to another agent (SFTP sends every entry's attributes, which asyncssh decodes in Python).
+A command past ``command_timeout`` is stopped on the server and ``Ambiguous``; its agent (and
+the lock) stays usable. Only a reply that never comes (``command_timeout`` plus the kill grace
+and a margin) discards the agent: the connection is then dead or wedged, and the lock with it.
 
 Failure mapping: cannot connect / authenticate -> ``Unreachable``; host key not trusted ->
 ``HostKeyMismatch``; a command past its timeout, or a connection lost in the middle of a
@@ -77,7 +83,6 @@ from worker.errors import (
 from worker.settings import Settings
 from worker.transport.agent import (
     AGENT_COMMAND,
-    KILL_GRACE,
     LIST_MISSING_EXIT,
     LOCK_BUSY_EXIT,
     Agent,
@@ -140,10 +145,14 @@ class _Gone(Exception):
 
 
 class _HeldLock:
-    """A change lock: the agent shell whose file descriptor holds the ``flock``."""
+    """A change lock: the agent shell whose file descriptor holds the ``flock``, and which
+    runs the change's commands on that host while it is held."""
 
     def __init__(self, agent: Agent) -> None:
         self.agent = agent
+        self.released = False
+        """Set when the change lets go; a task that outlived the ``async with`` (its context
+        still names the lock) then acts as one without a lock."""
 
     @property
     def lost(self) -> bool:
@@ -323,9 +332,14 @@ class SshHost:
             "verifying its fingerprint (e.g. ssh-keyscan, compared with the server's console)"
         )
 
+    def _held_lock(self) -> _HeldLock | None:
+        """The lock the current task holds on this host, if any."""
+        held = _HELD_LOCKS.get().get(self)
+        return None if held is None or held.released else held
+
     def _check_lock(self) -> None:
         """Refuse to act for a change whose lock on this host vanished with its connection."""
-        held = _HELD_LOCKS.get().get(self)
+        held = self._held_lock()
         if held is not None and held.lost:
             raise Ambiguous(
                 f"{self._name}: the change lock was lost (its SSH connection dropped); "
@@ -565,7 +579,8 @@ class SshHost:
         what = f"list {directory}"
         try:
             agent, reply = await self._request(
-                "list", "0", directory, self._options.command_timeout, idempotent=True
+                lambda a: a.request("list", "0", directory, self._options.command_timeout),
+                idempotent=True,
             )
         except AgentTimeout as e:
             raise Unreachable(
@@ -646,15 +661,15 @@ class SshHost:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _request(
-        self, op: str, arg: str, body: str, limit: float, *, idempotent: bool = False
+        self, send: Callable[[Agent], Awaitable[Reply]], *, idempotent: bool = False
     ) -> tuple[Agent, Reply]:
-        """One request on a checked-out agent, which the caller then owns (check it in, keep
-        it for a held lock). A request that surely never reached a shell is retried once, an
-        ``idempotent`` one (a listing) even if it may have."""
+        """One request (``send``) on a checked-out agent, which the caller then owns (check it
+        in, keep it for a held lock). A request that surely never reached a shell is retried
+        once, an ``idempotent`` one (a listing) even if it may have."""
         for attempt in (1, 2):
             agent = await self._checkout()
             try:
-                return agent, await agent.request(op, arg, body, limit)
+                return agent, await send(agent)
             except AgentLost as e:
                 self._forget(agent.conn)
                 if attempt == 2 or (e.sent and not idempotent):
@@ -678,14 +693,22 @@ class SshHost:
         return await self._run(command)
 
     async def _run(self, command: str, *, cwd: str | None = None) -> CommandResult:
+        """On the agent holding the change lock, if this task holds it: the agent then ends
+        the command before it lets go of the lock, should the worker or its connection die.
+        (One agent runs one request at a time; a change's commands are sequential anyway.)"""
         timeout = self._options.command_timeout
         started = time.monotonic()
         line = command if cwd is None else f"cd {shlex.quote(cwd)} && {command}"
+        held = self._held_lock()
         try:
-            agent, reply = await self._request("run", f"{timeout + KILL_GRACE:.3f}", line, timeout)
+            if held is not None:
+                self._check_lock()
+                agent, reply = held.agent, await held.agent.run(line, timeout)
+            else:
+                agent, reply = await self._request(lambda a: a.run(line, timeout))
         except AgentTimeout as e:
             raise Ambiguous(
-                f"{self._name}: `{command}` did not finish within {timeout:g}s; "
+                f"{self._name}: `{command}` got {e} (past its {timeout:g}s timeout); "
                 "its effect is unknown",
                 server=self._name,
                 detail={"command": command},
@@ -696,7 +719,15 @@ class SshHost:
                 server=self._name,
                 detail={"command": command},
             ) from e
-        self._checkin(agent)
+        if held is None:
+            self._checkin(agent)
+        if reply.timed_out:
+            raise Ambiguous(
+                f"{self._name}: `{command}` did not finish within {timeout:g}s and was stopped "
+                "on the server; its effect is unknown",
+                server=self._name,
+                detail={"command": command, "exit_status": reply.status},
+            )
         return CommandResult(
             command=command,
             exit_status=reply.status,
@@ -711,8 +742,9 @@ class SshHost:
         """``flock`` on the lock file, held on a file descriptor of an agent shell.
 
         The worker dying (or its connection) closes the agent's stdin, the shell exits and the
-        lock is free again; nothing is left to clean up by hand. Commands run on other agents,
-        so a command given up on never takes the lock down with it.
+        lock is free again; nothing is left to clean up by hand. While the lock is held, this
+        host's commands run on that same agent, which kills a running one before it exits;
+        a command that times out is stopped on the server and leaves the lock held.
         """
         return _ChangeLock(self, timeout)
 
@@ -721,7 +753,9 @@ class SshHost:
         wait = max(wait_seconds, 0.0)
         try:
             agent, reply = await self._request(
-                "lock", f"{wait:.3f}", path, wait + self._options.connect_timeout
+                lambda a: a.request(
+                    "lock", f"{wait:.3f}", path, wait + self._options.connect_timeout
+                )
             )
         except AgentTimeout as e:
             raise LockTimeout(
@@ -755,6 +789,7 @@ class SshHost:
         """Close the lock's file descriptor in the agent (the lock is free once it answers)
         and pool the agent again; if that fails, drop the agent, which frees the lock too."""
         agent = held.agent
+        held.released = True
         if not held.lost:
             try:
                 await agent.request("unlock", "0", "", self._options.connect_timeout)
