@@ -226,9 +226,11 @@ def publish_remove(
     help="Write primary.conf / secondary.conf candidates here (created if missing).",
 )
 def plan(request: Path, primary_config: Path, secondary_config: Path, out_dir: Path | None) -> None:
-    """Apply a request to local copies and print the diffs; never modifies the inputs.
+    """Run the worker's own dry run of a request on two local configs; print the diffs.
 
-    Exit 0 if it would apply, 2 if it would be rejected (error JSON on stderr).
+    Candidates are staged and validated beside the inputs (under the worker's hidden names,
+    removed afterwards); the inputs are never modified. Exit 0 if it would apply, 2 if it
+    would be rejected or fail (error JSON on stderr).
     """
     from worker.offline import run_plan
 

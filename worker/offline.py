@@ -1,163 +1,123 @@
-"""Offline commands (CONTRACT §5): ``plan`` a request on local copies, ``inspect`` a config.
+"""Offline commands (README, "Command line"): ``plan`` a request on local files, ``inspect`` one.
 
-Nothing here talks to a server or a broker: it reads local files, runs the same pure planner
-the worker runs, and (where ``dhcpd`` is on PATH) the same ``dhcpd -t`` validation.
+Nothing here reads, plans or validates on its own. ``plan`` runs the worker's dry run
+(:func:`worker.change.coordinator.preview`: the same tree reader, pair checks, staging and
+``dhcpd -t`` validation) on :class:`~worker.transport.localfs.LocalFileHost`\\ s, so "would
+apply" is the worker's own judgement. The dry run stages its candidates and validation copies
+beside the inputs under the worker's hidden names and removes them; the inputs themselves are
+only read. ``inspect`` reads with the same :func:`~worker.change.snapshot.read_snapshot`.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
+import os
 import shutil
-import subprocess
-import sys
-import tempfile
-from dataclasses import dataclass
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import click
+import structlog
 from pydantic import ValidationError
 
-from worker.change.plan import ServerPlan, plan_modify, plan_remove
-from worker.dhcpconf import ConfigSet, include_paths, parse_dhcpd_output, rewrite_includes
-from worker.errors import ConfigError, ValidationFailed, WorkerError
-from worker.messages import ErrorInfo, ModifyRequest, Phase, RemoveRequest, parse_request
-
-ENCODING = "utf-8"
-ERRORS = "surrogateescape"
-MAX_INCLUDE_DEPTH = 8
+from worker.change.coordinator import preview
+from worker.change.model import ServerChange
+from worker.change.plan import ServerPlan
+from worker.change.snapshot import encode, read_snapshot
+from worker.dhcpconf import ConfigSet
+from worker.messages import (
+    ErrorInfo,
+    ModifyRequest,
+    Outcome,
+    Phase,
+    RemoveRequest,
+    WarningInfo,
+    parse_request,
+)
+from worker.transport.localfs import LocalFileHost, LocalFleet
 
 EXIT_OK = 0
 EXIT_REJECTED = 2
 
-
-def decode(data: bytes) -> str:
-    return data.decode(ENCODING, ERRORS)
+NOT_VALIDATED = "dhcpd not found: candidates were not validated"
 
 
-def encode(text: str) -> bytes:
-    return text.encode(ENCODING, ERRORS)
+def find_dhcpd() -> str | None:
+    """dhcpd on PATH, or Debian's /usr/sbin/dhcpd (sbin is often not on a user's PATH)."""
+    return shutil.which("dhcpd") or (
+        "/usr/sbin/dhcpd" if os.access("/usr/sbin/dhcpd", os.X_OK) else None
+    )
 
 
-def resolve_include(path: str, main: Path) -> Path:
-    """dhcpd opens relative includes from its working directory; we take the main file's."""
-    p = Path(path)
-    return p if p.is_absolute() else main.parent / p
+def local_pair(
+    request: ModifyRequest | RemoveRequest, primary: Path, secondary: Path, dhcpd: str | None
+) -> tuple[LocalFleet, dict[str, str]]:
+    """The two files as the worker's fleet, and each server's label (``primary`` for the
+    ``--primary-config`` file, ``secondary`` for the other).
 
-
-def load_local(main: Path, warnings: list[str]) -> ConfigSet:
-    """Parse a local config and the files it includes; missing includes are warned about."""
-    files: dict[str, str] = {}
-    pending: list[tuple[Path, int]] = [(main, 0)]
-    while pending:
-        path, depth = pending.pop()
-        key = str(path)
-        if key in files:
-            continue
-        try:
-            text = decode(path.read_bytes())
-        except FileNotFoundError:
-            if depth == 0:
-                raise
-            warnings.append(f"included file {path} not found; planned without it")
-            continue
-        files[key] = text
-        if depth < MAX_INCLUDE_DEPTH:
-            for inc in include_paths(text, key):
-                pending.append((resolve_include(inc, main), depth + 1))
-    return ConfigSet.parse(files, str(main))
-
-
-@dataclass(frozen=True)
-class PlanOutput:
-    plans: list[ServerPlan]
-    labels: dict[str, str]  # server -> output label ("primary" / "secondary")
-    warnings: list[str]
-
-
-def plan_request(
-    request: ModifyRequest | RemoveRequest, primary: Path, secondary: Path
-) -> PlanOutput:
-    """Apply a request to local copies; raises ``Rejected`` subclasses."""
-    warnings: list[str] = []
-    pcs = load_local(primary, warnings)
-    scs = load_local(secondary, warnings)
+    A modify names both servers: ``PrimaryServer`` holds ``--primary-config``,
+    ``SecondaryServer`` ``--secondary-config``. A remove names one: ``Server`` holds
+    ``--primary-config`` and its partner, named by the ``--secondary-config`` path, is the
+    answer to every ``peer address``. So, as before, offline the two files *are* the pair and
+    any ``Server`` name does (it only names the first file's host); which file is the failover
+    primary the worker reads from their peer blocks, as on servers.
+    """
     if isinstance(request, ModifyRequest):
-        p, s = plan_modify(request.params, pcs, scs)
-        return PlanOutput([p, s], {p.server: "primary", s.server: "secondary"}, warnings)
-    # Offline there is no inventory: the two files *are* the pair, labelled by role, and
-    # ``Server`` only says which side the request came from.
-    params = request.params.model_copy(update={"server": "primary"})
-    pairs = {name: ("primary", "secondary") for name in params.names}
-    plans = plan_remove(params, {"primary": pcs, "secondary": scs}, pairs)
-    return PlanOutput(plans, {p.server: p.server for p in plans}, warnings)
+        names = (request.params.primary_server, request.params.secondary_server)
+        partner = None
+    else:
+        names = (request.params.server, str(secondary))
+        partner = names[1]
+    hosts = [
+        LocalFileHost(name, str(path), dhcpd=dhcpd)
+        for name, path in zip(names, (primary, secondary), strict=True)
+    ]
+    labels = dict(zip(names, ("primary", "secondary"), strict=True))
+    return LocalFleet(hosts, partner=partner), labels
 
 
-def candidate_names(out: PlanOutput) -> dict[tuple[str, str], str]:
-    """(server, source path) -> file name in the output directory, for every changed file."""
+def full_diff(change: ServerChange) -> str:
+    """Every changed file of a server, whole: the event's diff is redacted and capped, this
+    is not. The plan's own diff (from its edits); rebuilt from the texts the change read and
+    would write if it carries no plan (then each file is diffed as one region)."""
+    if change.plan is not None:
+        return change.plan.diff()
+    assert change.snapshot is not None  # a planned change has its live tree
+    plan = ServerPlan(
+        server=change.name,
+        role=change.report.role,
+        main=change.snapshot.main,
+        before=change.snapshot.texts(),
+        after=dict(change.after_texts),
+    )
+    return plan.diff()
+
+
+def candidate_names(
+    changes: Sequence[ServerChange], labels: Mapping[str, str]
+) -> dict[tuple[str, str], str]:
+    """(server, live path) -> file name in the output directory, for every changed file: the
+    main file as ``<label>.conf``, an include under its own name (label-prefixed on a clash)."""
     names: dict[tuple[str, str], str] = {}
     taken: set[str] = set()
-    for plan in out.plans:
-        label = out.labels[plan.server]
-        for path in plan.after:
-            if path == plan.main:
+    for change in sorted(changes, key=lambda c: labels[c.name] != "primary"):
+        label = labels[change.name]
+        changed = {f.path for f in change.files}
+        for path in (p for p in change.after_texts if p in changed):
+            if path == change.main:
                 name = f"{label}.conf"
-            elif plan.after[path] != plan.before.get(path):
-                name = Path(path).name
+            else:
+                name = os.path.basename(path)
                 if name in taken or name in {"primary.conf", "secondary.conf"}:
                     name = f"{label}.{name}"
-            else:
-                continue
             taken.add(name)
-            names[(plan.server, path)] = name
+            names[(change.name, path)] = name
     return names
-
-
-def validate_with_dhcpd(plan: ServerPlan, dhcpd: str) -> None:
-    """Run ``dhcpd -t -cf`` on the candidate, with included files staged beside it."""
-    with tempfile.TemporaryDirectory(prefix="dhcp-failover-plan-") as tmp:
-        staged: dict[str, str] = {}  # real path -> staged path
-        for i, (path, text) in enumerate(plan.after.items()):
-            if path != plan.main and text != plan.before.get(path):
-                dest = Path(tmp) / f"include-{i}-{Path(path).name}"
-                dest.write_bytes(encode(text))
-                staged[path] = str(dest)
-        main_text = plan.after[plan.main]
-        if staged:
-            main_text = rewrite_includes(main_text, _include_mapping(main_text, plan, staged))
-        main = Path(tmp) / Path(plan.main).name
-        main.write_bytes(encode(main_text))
-        proc = subprocess.run(
-            [dhcpd, "-t", "-cf", str(main)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=Path(plan.main).parent,  # relative includes resolve as load_local resolved them
-        )
-        if proc.returncode == 0:
-            return
-        output = proc.stdout + proc.stderr
-        path_map = {str(main): plan.main, **{v: k for k, v in staged.items()}}
-        diagnosis = parse_dhcpd_output(output, path_map)
-        detail: dict[str, Any] = diagnosis.to_detail() if diagnosis else {}
-        detail["output"] = output[-4000:]
-        first = diagnosis.message if diagnosis else "dhcpd -t rejected the candidate"
-        raise ValidationFailed(
-            f"dhcpd -t rejected the candidate for {plan.server}: {first}",
-            server=plan.server,
-            phase=Phase.validate,
-            detail=detail,
-        )
-
-
-def _include_mapping(text: str, plan: ServerPlan, staged: dict[str, str]) -> dict[str, str]:
-    """Include path as written -> staged path, for the includes that changed."""
-    mapping = {}
-    for written in include_paths(text, plan.main):
-        real = str(resolve_include(written, Path(plan.main)))
-        if real in staged:
-            mapping[written] = staged[real]
-    return mapping
 
 
 def run_plan(request_file: Path, primary: Path, secondary: Path, out_dir: Path | None) -> int:
@@ -173,40 +133,106 @@ def run_plan(request_file: Path, primary: Path, secondary: Path, out_dir: Path |
                 detail=json.loads(exc.json(include_url=False, include_input=False)),
             )
         )
-    try:
-        out = plan_request(request, primary, secondary)
-        dhcpd = shutil.which("dhcpd") or (
-            "/usr/sbin/dhcpd" if Path("/usr/sbin/dhcpd").exists() else None
+    if primary.exists() and secondary.exists() and primary.samefile(secondary):
+        return _reject(
+            ErrorInfo(
+                code="invalid_request",
+                message=f"{primary} is given as both configs; a pair is two files",
+                phase=Phase.validate,
+            )
         )
-        if dhcpd:
-            for plan in out.plans:
-                if plan.changed:
-                    validate_with_dhcpd(plan, dhcpd)
-        else:
-            out.warnings.append("dhcpd not found on PATH: candidates were not validated")
-    except (WorkerError, ConfigError) as exc:
-        return _reject(exc.to_info())
-    for warning in out.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
-    for plan in out.plans:
-        sys.stdout.write(plan.diff())
+    dhcpd = find_dhcpd()
+    fleet, labels = local_pair(request, primary, secondary, dhcpd)
+    request_id = request.request_id or f"plan-{uuid.uuid4().hex[:12]}"
+    with _quiet_logs():
+        planned = asyncio.run(preview(request, request_id, fleet))
+    result = planned.result
+    if result.outcome is not Outcome.succeeded:
+        error = result.error or ErrorInfo(
+            code="internal_error", message=f"outcome {result.outcome.value}", phase=Phase.plan
+        )
+        return _reject(error)
+    return _report(planned.changes, result.warnings, labels, dhcpd is not None, out_dir)
+
+
+def _report(
+    planned: Sequence[ServerChange],
+    warnings: Sequence[WarningInfo],
+    labels: Mapping[str, str],
+    validated: bool,
+    out_dir: Path | None,
+) -> int:
+    """A plan that would apply: warnings on stderr, full diffs on stdout, candidates to
+    ``out_dir``."""
+    changes = [c for c in planned if c.changed]
+    names = candidate_names(changes, labels)
+    if out_dir is not None and (clash := _overwritten_input(planned, names, out_dir)):
+        return _reject(
+            ErrorInfo(
+                code="invalid_request",
+                message=f"--out {out_dir}: writing the candidates there would overwrite the "
+                f"input {clash}; choose another directory",
+                phase=Phase.validate,
+            )
+        )
+    if changes and not validated:
+        click.echo(f"warning: {NOT_VALIDATED}", err=True)
+    for warning in warnings:
+        click.echo(f"warning: {warning.message}", err=True)
+    for change in changes:
+        click.echo(encode(full_diff(change)), nl=False)  # the files' own bytes
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        for (server, path), name in candidate_names(out).items():
-            plan = next(p for p in out.plans if p.server == server)
-            (out_dir / name).write_bytes(encode(plan.after[path]))
+        after = {(c.name, f.path): f.after for c in changes for f in c.files}
+        for key, name in names.items():
+            data = after[key]
+            assert data is not None  # a planned file always has its candidate
+            (out_dir / name).write_bytes(data)
     return EXIT_OK
 
 
+def _overwritten_input(
+    changes: Sequence[ServerChange], names: Mapping[tuple[str, str], str], out_dir: Path
+) -> str | None:
+    """An input file (of either tree) that a candidate written to ``out_dir`` would replace."""
+    inputs = {os.path.realpath(p): p for c in changes if c.snapshot for p in c.snapshot.raw}
+    for name in names.values():
+        if (real := os.path.realpath(out_dir / name)) in inputs:
+            return inputs[real]
+    return None
+
+
 def _reject(info: ErrorInfo) -> int:
-    print(info.model_dump_json(), file=sys.stderr)
+    click.echo(info.model_dump_json(), err=True)
     return EXIT_REJECTED
 
 
+@contextmanager
+def _quiet_logs() -> Iterator[None]:
+    """The coordinator's log lines would land among the diffs (an unconfigured structlog
+    prints to stdout); the outcome is reported on stderr instead. Restored afterwards."""
+    configured, previous = structlog.is_configured(), structlog.get_config()
+    structlog.configure(
+        processors=[],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL),
+        logger_factory=structlog.ReturnLoggerFactory(),  # prints nothing
+        cache_logger_on_first_use=False,
+    )
+    try:
+        yield
+    finally:
+        if configured:
+            structlog.configure(**previous)
+        else:
+            structlog.reset_defaults()
+
+
 def inspect_config(path: Path) -> dict[str, Any]:
-    """The failover peers of a config (and its includes) as plain JSON-able data."""
-    warnings: list[str] = []
-    cs = load_local(path, warnings)
+    """The failover peers of a config (and its includes) as plain JSON-able data. Read as the
+    worker reads a server's tree: a missing or too deeply nested include is a ``ConfigError``."""
+    host = LocalFileHost("localhost", str(path), dhcpd=None)
+    snapshot = asyncio.run(read_snapshot(host))
+    cs = ConfigSet.parse(snapshot.texts(), snapshot.main, snapshot.base)
     peers = []
     for peer in cs.peers().values():
         peers.append(
@@ -223,4 +249,4 @@ def inspect_config(path: Path) -> dict[str, Any]:
                 ],
             }
         )
-    return {"file": str(path), "peers": peers, "warnings": warnings}
+    return {"file": str(path), "peers": peers, "warnings": []}
