@@ -26,7 +26,8 @@ APT_GET = """#!/bin/sh
 echo "apt-get $*" >> "$STUB_LOG"
 case "$*" in
   *install*rabbitmq-server*)
-    echo "policy-rc.d: $(tail -n 1 /usr/sbin/policy-rc.d 2>/dev/null || echo missing)" >> "$STUB_LOG"
+    policy=$(tail -n 1 /usr/sbin/policy-rc.d 2>/dev/null || echo missing)
+    echo "policy-rc.d: $policy" >> "$STUB_LOG"
     printf '#!/bin/sh\\necho "rabbitmq-server $*" >> "$STUB_LOG"\\n' > "$STUB_DIR/rabbitmq-server"
     chmod +x "$STUB_DIR/rabbitmq-server" ;;
 esac
@@ -94,7 +95,11 @@ def test_a_running_broker_is_neither_installed_nor_started_again(tmp_path: Path)
     env = {**os.environ, "STUB_LOG": str(log), "STUB_DIR": str(stubs)}
     env["PATH"] = f"{stubs}:{env['PATH']}"
     done = subprocess.run(
-        [str(REPO / "scripts" / "broker")], cwd=REPO, env=env, capture_output=True, text=True,
+        [str(REPO / "scripts" / "broker")],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
         timeout=90,
     )
 
