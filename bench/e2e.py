@@ -23,9 +23,9 @@ account on a real DHCP host would have: then an exec costs milliseconds, not a t
   to a ``/bin/sh`` started beforehand on each connection: what is left once the login shell's
   start-up files are not paid per command.
   **floor/sh serial** commits one server after the other (rename, restart, verify; then the
-  next), as DESIGN's commit does so that a failover pair never has both peers restarting at
-  once and a failure on the first is undone before the second changes: the floor for a
-  change made the way this product must make it.
+  next), as the worker's commit does (docs/design.md), so that a failover pair never has
+  both peers restarting at once and a failure on the first is undone before the second
+  changes: the floor for a change made the way this product must make it.
 * **broker**: the bare RabbitMQ request/result round trip on a warm connection: a persistent
   request to a quorum queue, a trivial consumer answering on ``reply_to`` with confirms.
 * **ansible**: ``ansible-playbook`` with ``replace`` (``validate:`` the hosts' ``dhcpd -t``

@@ -1,4 +1,4 @@
-"""The request examples of CONTRACT.md §2, verbatim: one copy for every test that needs them."""
+"""The request examples of docs/contract.md §2, verbatim: one copy for every test."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The request/event contract (CONTRACT §2-§3) as the models enforce it."""
+"""The request/event contract (docs/contract.md §2-§3) as the models enforce it."""
 
 from __future__ import annotations
 

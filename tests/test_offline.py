@@ -1,4 +1,4 @@
-"""The offline commands (CONTRACT §5): ``plan`` and ``inspect`` as an operator runs them."""
+"""The offline commands (docs/contract.md §5): ``plan`` and ``inspect`` as an operator runs them."""
 
 from __future__ import annotations
 

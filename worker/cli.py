@@ -1,4 +1,4 @@
-"""The ``dhcp-failover-worker`` command line (CONTRACT §5).
+"""The ``dhcp-failover-worker`` command line (docs/contract.md §5).
 
 Each command is a thin wrapper: parse flags, call one function of the layer that owns the work.
 Heavy imports happen inside the commands so ``inspect`` and ``plan`` start fast.
@@ -46,8 +46,12 @@ def main() -> None:
 )
 def run(inventory: Path | None) -> None:
     """Consume requests until SIGTERM, then finish the change in flight and stop."""
+    from aio_pika.exceptions import AMQPConnectionError
+
+    from worker.logging import redact_url
     from worker.service import serve
     from worker.settings import Settings
+    from worker.transport.inventory import InventoryError
 
     settings = Settings()
     if inventory is not None:
@@ -60,22 +64,38 @@ def run(inventory: Path | None) -> None:
             loop.add_signal_handler(sig, stop.set)
         await serve(settings, stop)
 
-    asyncio.run(_main())
+    try:
+        asyncio.run(_main())
+    except InventoryError as exc:
+        raise click.ClickException(str(exc)) from None
+    except (AMQPConnectionError, OSError) as exc:
+        url = redact_url(settings.amqp_url)
+        raise click.ClickException(f"cannot reach RabbitMQ at {url}: {exc}") from None
 
 
 # -- publishing -------------------------------------------------------------------------------
 
 
 def _publish(body: dict[str, Any], routing_key: str, wait: bool, timeout: float) -> None:
-    from worker.consumer.client import publish_request
+    from aio_pika.exceptions import AMQPConnectionError
+
+    from worker.consumer.client import RequestNotRouted, publish_request
+    from worker.logging import redact_url
     from worker.settings import Settings
 
+    settings = Settings()
     request_id = body["requestId"]
-    event = asyncio.run(
-        publish_request(
-            Settings(), body, routing_key, message_id=request_id, wait=timeout if wait else None
+    try:
+        event = asyncio.run(
+            publish_request(
+                settings, body, routing_key, message_id=request_id, wait=timeout if wait else None
+            )
         )
-    )
+    except RequestNotRouted as exc:
+        raise click.ClickException(str(exc)) from None
+    except (AMQPConnectionError, OSError) as exc:
+        url = redact_url(settings.amqp_url)
+        raise click.ClickException(f"cannot reach RabbitMQ at {url}: {exc}") from None
     if not wait:
         click.echo(json.dumps({"published": request_id, "routingKey": routing_key}))
         return

@@ -291,8 +291,8 @@ class ServerResult(BaseModel):
     diffFull: DiffSummary | None = None
     diffNonUtf8: bool = Field(
         default=False,
-        description="The files hold bytes that are not UTF-8; the diff shows each as U+FFFD "
-        "(the files keep them).",
+        description="The diff shows bytes of the files that are not UTF-8, each as U+FFFD "
+        "(the files keep them): the diff is not byte-exact there.",
     )
     restarted: bool = False
     state: Literal["old", "new", "unknown"] = "old"

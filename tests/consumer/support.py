@@ -37,7 +37,7 @@ SCHEMA = Path(__file__).resolve().parents[2] / "schemas" / "result-event.schema.
 
 
 def modify(**changes: Any) -> dict[str, Any]:
-    """A copy of the CONTRACT §2 modify with top-level keys replaced (None deletes)."""
+    """A copy of the docs/contract.md §2 modify with top-level keys replaced (None deletes)."""
     body = deepcopy(MODIFY)
     for key, value in changes.items():
         if value is None:

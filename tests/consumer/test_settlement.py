@@ -121,7 +121,7 @@ def test_the_event_wire_format_is_structured_cloudevents_without_null_attributes
         RabbitMQMessage(headers={}, content_type=EVENT_CONTENT_TYPE, body=body)
     )
     assert ce.get_id() == event.id
-    # The same event back (time is carried to the millisecond, as in CONTRACT §3).
+    # The same event back (time is carried to the millisecond, as in docs/contract.md §3).
     assert decode_event(body).model_dump(mode="json") == event.model_dump(mode="json")
     assert event_routing_key(event) == "event.modify.rejected"
     message = event_message(event, correlation_id="c")

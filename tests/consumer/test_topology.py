@@ -1,4 +1,4 @@
-"""The RabbitMQ objects of CONTRACT §1 on the real broker: kinds, arguments, bindings."""
+"""The RabbitMQ objects of docs/contract.md §1 on the real broker: kinds, arguments, bindings."""
 
 from __future__ import annotations
 

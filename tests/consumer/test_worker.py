@@ -224,7 +224,7 @@ async def test_reply_to_is_answered_with_the_requests_correlation_id(
     assert reply.body == published.message.body  # the same event, byte for byte
     assert reply.message_id == f"{MODIFY_ID}/succeeded"
     assert reply.content_type == "application/cloudevents+json"
-    # The CloudEvents correlationid stays the request id, as in CONTRACT §3.
+    # The CloudEvents correlationid stays the request id, as in docs/contract.md §3.
     assert published.event.correlationid == MODIFY_ID
     await channel.close()
 

@@ -42,7 +42,7 @@ def new_request_id(label: str) -> str:
 
 
 def modify_body(request_id: str, **params: Any) -> dict[str, Any]:
-    """A modify request exactly as a publisher sends it (CONTRACT §2); ``params`` override."""
+    """A modify request as a publisher sends it (docs/contract.md §2); ``params`` override."""
     body = modify_request(request_id).model_dump(mode="json", by_alias=True, exclude_none=True)
     body["params"].update(params)
     return body
@@ -51,7 +51,7 @@ def modify_body(request_id: str, **params: Any) -> dict[str, Any]:
 def remove_body(
     request_id: str, *, dry_run: bool = False, action: str = "Disable"
 ) -> dict[str, Any]:
-    """A remove request exactly as a publisher sends it (CONTRACT §2)."""
+    """A remove request exactly as a publisher sends it (docs/contract.md §2)."""
     body = remove_request(request_id, action=action).model_dump(
         mode="json", by_alias=True, exclude_none=True
     )
@@ -60,7 +60,7 @@ def remove_body(
 
 
 def expected_diff(path: Path, before: bytes, after: bytes) -> str:
-    """The unified diff CONTRACT §3 puts in ``data.servers[].diff``, computed independently."""
+    """The diff docs/contract.md §3 puts in ``data.servers[].diff``, computed independently."""
     name = str(path).lstrip("/")
     return "".join(
         difflib.unified_diff(

@@ -1,4 +1,4 @@
-"""The RabbitMQ side of the worker (CONTRACT.md §1-§3): nothing here knows about SSH.
+"""The RabbitMQ side of the worker (docs/contract.md §1-§3): nothing here knows about SSH.
 
 Modules, read top to bottom:
 

@@ -1,4 +1,4 @@
-"""Publishing result events (CONTRACT.md §1, §3): CloudEvents structured JSON, confirmed.
+"""Publishing result events (docs/contract.md §1, §3): CloudEvents structured JSON, confirmed.
 
 The request is acked only after :meth:`EventPublisher.publish` returns, so "returned" must mean
 "the broker has the event": the channel runs in publisher-confirm mode and we wait for the

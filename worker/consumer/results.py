@@ -93,7 +93,7 @@ async def run_handler(
 
 
 def build_event(delivery: Delivery, data: ResultData, settings: Settings) -> ResultEvent:
-    """The CloudEvent for a result; ``correlationid`` carries the request id (CONTRACT §3)."""
+    """The CloudEvent for a result; ``correlationid`` is the request id (docs/contract.md §3)."""
     event = make_event(
         data,
         operation=delivery.operation,

@@ -1,4 +1,4 @@
-"""The RabbitMQ objects of CONTRACT.md §1, declared idempotently from :class:`Settings`.
+"""The RabbitMQ objects of docs/contract.md §1, declared idempotently from :class:`Settings`.
 
 Declaring is idempotent as long as the arguments match what already exists; a queue declared
 earlier with other arguments (say another ``x-delivery-limit``) makes the broker close the
