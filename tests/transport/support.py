@@ -11,6 +11,8 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from worker.demo import PRIMARY
 from worker.demo.localhosts import LocalHosts, _tagged_pids
 from worker.transport import SshFleet, SshOptions, parse_inventory
@@ -62,3 +64,14 @@ async def gone(hosts: LocalHosts, needle: str, within: float) -> bool:
             break
         await asyncio.sleep(0.05)
     return not processes(hosts, needle)
+
+
+async def wait_until_locked(process: asyncio.subprocess.Process, within: float = 20) -> None:
+    """Read a lock-holding child's stdout until it prints ``locked`` (debug log lines may come
+    first); fail if it exits before."""
+    assert process.stdout is not None
+    async with asyncio.timeout(within):
+        while line := await process.stdout.readline():
+            if line.strip() == b"locked":
+                return
+    pytest.fail("the process exited without taking the lock")

@@ -14,7 +14,7 @@ import pytest
 
 import worker.transport.ssh as ssh
 from tests.fixtures.sshd import LocalHostsFactory
-from tests.transport.support import fleet_for, gone, inventory_file, processes
+from tests.transport.support import fleet_for, gone, inventory_file, processes, wait_until_locked
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHosts
 from worker.errors import Ambiguous, LockTimeout
@@ -92,13 +92,7 @@ async def test_the_command_of_a_killed_worker_ends_before_its_lock_is_free(
         cwd=REPO, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        assert worker.stdout is not None
-        async with asyncio.timeout(20):
-            while line := await worker.stdout.readline():  # (debug log lines may come first)
-                if line.strip() == b"locked":
-                    break
-            else:
-                pytest.fail("the worker exited without taking the lock")
+        await wait_until_locked(worker)
         await _ticking(ticks)
         async with fleet_for(pair) as fleet:
             host = fleet.host(PRIMARY)

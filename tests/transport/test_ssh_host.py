@@ -17,6 +17,7 @@ import asyncssh
 import pytest
 
 from tests.fixtures.sshd import LocalHostsFactory
+from tests.transport.support import wait_until_locked
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY, sample_config, sample_configs
 from worker.demo.localhosts import LocalHost, LocalHosts
 from worker.errors import (
@@ -265,13 +266,7 @@ async def test_lock_of_a_worker_that_dies_is_released(pair: LocalHosts) -> None:
         cwd=REPO, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
-        assert holder.stdout is not None
-        async with asyncio.timeout(20):
-            while line := await holder.stdout.readline():  # (debug log lines may come first)
-                if line.strip() == b"locked":
-                    break
-            else:
-                pytest.fail("holder exited without taking the lock")
+        await wait_until_locked(holder)
         async with _fleet_for(pair, PRIMARY) as fleet:
             with pytest.raises(LockTimeout):
                 async with fleet.host(PRIMARY).lock(0.3):
