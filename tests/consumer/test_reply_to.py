@@ -153,3 +153,24 @@ async def test_a_reply_to_naming_the_request_queue_does_not_feed_the_event_back_
     assert published.event.id == f"{MODIFY_ID}/succeeded"
     assert [rid for _, rid in handler.calls] == [MODIFY_ID]
     await assert_depth(amqp, broker_settings.dead_letter_queue, 0)
+
+
+async def test_a_forged_direct_reply_to_costs_neither_the_ack_nor_the_worker_its_connection(
+    amqp: AbstractConnection, broker_settings: Settings, tap: EventTap, handler: StubHandler
+) -> None:
+    # RabbitMQ closes the publishing connection (INTERNAL_ERROR) on a direct reply-to name of
+    # the right shape that is no live channel's: replies go out on a connection of their own,
+    # and a reply that fails never holds the request back.
+    forged = "amq.rabbitmq.reply-to.AAAAAAAAAAAA.+AOBcydf7SI7EZm6chUYAg=="
+    await publish_raw(amqp, broker_settings, MODIFY, reply_to=forged, correlation_id="f-1")
+    async with running_worker(amqp, broker_settings, handler):
+        first = await tap.next_checked()
+        await assert_depth(amqp, broker_settings.request_queue, 0)  # acked
+        await publish_raw(amqp, broker_settings, modify(requestId="after-forged"))
+        second = await tap.next_checked()
+        await assert_depth(amqp, broker_settings.request_queue, 0)
+
+    assert first.event.id == f"{MODIFY_ID}/succeeded"
+    assert second.event.id == "after-forged/succeeded"
+    assert [rid for _, rid in handler.calls] == [MODIFY_ID, "after-forged"]  # no rerun
+    await assert_depth(amqp, broker_settings.dead_letter_queue, 0)

@@ -32,6 +32,7 @@ network blip.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -282,17 +283,25 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
     re-established by aio-pika and the topology and consumer are restored.
     """
     log.info("connecting", amqp_url=redact_url(settings.amqp_url))
-    connection = await aio_pika.connect_robust(
-        settings.amqp_url,
-        client_properties={
-            "connection_name": f"dhcp-failover-worker {socket.gethostname()}:{os.getpid()}"
-        },
-    )
-    async with connection:
+    name = f"dhcp-failover-worker {socket.gethostname()}:{os.getpid()}"
+    async with contextlib.AsyncExitStack() as connections:
+        connection = await connections.enter_async_context(
+            await aio_pika.connect_robust(
+                settings.amqp_url, client_properties={"connection_name": name}
+            )
+        )
+        # Replies go out on a connection of their own: a forged reply_to can make the broker
+        # close the publishing connection (worker/consumer/events.py).
+        replies = await connections.enter_async_context(
+            await aio_pika.connect_robust(
+                settings.amqp_url, client_properties={"connection_name": f"{name} replies"}
+            )
+        )
         channel = await connection.channel(publisher_confirms=True)
         await channel.set_qos(prefetch_count=settings.prefetch)
         topology = await declare_topology(channel, settings)
-        publisher = EventPublisher(topology.event_exchange, channel.default_exchange)
+        reply_channel = await replies.channel(publisher_confirms=True)
+        publisher = EventPublisher(topology.event_exchange, reply_channel.default_exchange)
         consumer = _Consumer(settings, handler, publisher)
         tag = await topology.request_queue.consume(consumer.on_message)
         log.info(

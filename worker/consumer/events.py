@@ -2,9 +2,16 @@
 
 The request is acked only after :meth:`EventPublisher.publish` returns, so "returned" must mean
 "the broker has the event": the channel runs in publisher-confirm mode and we wait for the
-confirm of every publication, to the event exchange and to the caller's ``reply_to``.
-Anything else (a broker nack, a timeout, the connection dropping with the confirm pending)
-raises :class:`PublishFailed`, and the caller leaves the request unacked so it is redelivered.
+confirm of the publication to the event exchange. Anything else (a broker nack, a timeout, the
+connection dropping with the confirm pending) raises :class:`PublishFailed`, and the caller
+leaves the request unacked so it is redelivered.
+
+The answer to the caller's ``reply_to`` is sent at the same moment, on a channel of its own
+connection, and is a courtesy: a caller that went away, or a ``reply_to`` the broker refuses,
+is logged and never makes the request run again. Its own connection, because RabbitMQ (3.10
+at least) closes the whole *connection* with ``INTERNAL_ERROR`` when a publisher names a
+forged direct reply-to (``amq.rabbitmq.reply-to.<anything of the right shape>``): on the
+consumer's connection that would cut every change in flight off from its channel.
 
 An event is encoded before anything is sent (:class:`Outgoing`). One that cannot be built or
 encoded is a bug; the consumer then sends :func:`failsafe_outgoing` instead, a minimal
@@ -20,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aio_pika
+import structlog
 from aio_pika.abc import AbstractExchange
 
 from worker.messages import (
@@ -33,10 +41,14 @@ from worker.messages import (
     safe_text,
 )
 
+log = structlog.stdlib.get_logger(__name__)
+
 #: Structured content mode of the CloudEvents AMQP/RabbitMQ bindings.
 EVENT_CONTENT_TYPE = "application/cloudevents+json"
 #: How long to wait for a publisher confirm before treating the publication as failed.
 PUBLISH_TIMEOUT = 30.0
+#: How long a reply may delay the ack of its request (it is a courtesy; see the docstring).
+REPLY_TIMEOUT = 5.0
 APP_ID = "dhcp-failover-worker"
 #: RabbitMQ's direct reply-to pseudo-queue; the consumer of a request sees the name the
 #: broker made of it, ``amq.rabbitmq.reply-to.<suffix>``.
@@ -200,10 +212,12 @@ class EventPublisher:
         default_exchange: AbstractExchange,
         *,
         timeout: float = PUBLISH_TIMEOUT,
+        reply_timeout: float = REPLY_TIMEOUT,
     ) -> None:
         self._events = event_exchange
-        self._default = default_exchange
+        self._default = default_exchange  # for replies: best on a connection of its own
         self._timeout = timeout
+        self._reply_timeout = reply_timeout
 
     async def publish(
         self,
@@ -212,10 +226,9 @@ class EventPublisher:
         reply_to: str | None = None,
         correlation_id: str | None = None,
     ) -> None:
-        """Publish to the event exchange and to ``reply_to`` at once; return once both are
-        confirmed (their confirms are independent, so waiting for one before sending the other
-        would only add a broker round trip). If either is not confirmed, both have finished
-        when :class:`PublishFailed` is raised.
+        """Publish to the event exchange and to ``reply_to`` at once; return once the event is
+        confirmed and the reply confirmed or given up on (:data:`REPLY_TIMEOUT`). Only the
+        event's fate raises :class:`PublishFailed`; both have finished when it does.
 
         ``correlation_id`` is the AMQP property on both messages (the caller's own id for an
         RPC reply). Publications are not ``mandatory``: an event nobody has subscribed to yet,
@@ -227,17 +240,29 @@ class EventPublisher:
         """:meth:`publish` for an event already encoded (the consumer's way)."""
         publications = [self._confirmed(self._events, out.message, out.routing_key)]
         if reply_to:
-            publications.append(self._confirmed(self._default, out.message, reply_to))
+            publications.append(
+                self._confirmed(self._default, out.message, reply_to, self._reply_timeout)
+            )
         results = await asyncio.gather(*publications, return_exceptions=True)
-        for result in results:  # a cancellation of this task first, then the first failure
+        for result in results:  # a cancellation of this task first, then the event's failure
             if isinstance(result, BaseException) and not isinstance(result, Exception):
                 raise result
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result
+        if isinstance(results[0], BaseException):
+            raise results[0]
+        if len(results) > 1 and isinstance(results[1], BaseException):
+            log.warning(
+                "reply not sent; the event is on the event exchange",
+                reply_to=reply_to,
+                event_id=out.event_id,
+                error=str(results[1]),
+            )
 
     async def _confirmed(
-        self, exchange: AbstractExchange, message: aio_pika.Message, key: str
+        self,
+        exchange: AbstractExchange,
+        message: aio_pika.Message,
+        key: str,
+        patience: float | None = None,
     ) -> None:
         task = asyncio.current_task()
         baseline = task.cancelling() if task is not None else 0
@@ -245,7 +270,7 @@ class EventPublisher:
         try:
             # The timeout covers waiting for a reconnecting robust channel as well as the
             # confirm itself.
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(patience if patience is not None else self._timeout):
                 await exchange.publish(message, key, mandatory=False)
         except asyncio.CancelledError as exc:
             # aiormq may fail a pending confirm by cancelling it when the channel closes; only a
