@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 
 from worker.dhcpconf.configset import ConfigSet
-from worker.dhcpconf.failover import NUMERIC_KEYS, PeerDecl, PeerParam, Role
+from worker.dhcpconf.failover import NUMERIC_KEYS, PeerDecl, PeerParam, Reference, Role
 from worker.dhcpconf.lexer import is_number
 from worker.errors import ConfigError, PairMismatch, PeerNotFound, Rejected, RoleMismatch
 
@@ -82,18 +82,20 @@ class ConfigWarning:
 def validate(cs: ConfigSet) -> None:
     """ConfigError for the first failover problem in ``cs`` that dhcpd would reject."""
     for ref in cs.references:
-        if ref.name not in cs.declarations:
+        problem = _reference_problem(cs, ref)
+        if problem is not None:
+            code, message = problem
             line = ref.doc.line(ref.node.start)
             raise ConfigError(
-                f"failover peer {ref.name!r} is referenced but not declared "
-                "(dhcpd: failover peer not found)",
+                f"failover peer {ref.name!r} {message}",
                 file=ref.doc.filename,
                 line=line,
                 column=ref.doc.location(ref.node.start)[1],
-                code="undeclared_peer",
+                code=code,
             )
     for name, decl in cs.declarations.items():
-        for v in peer_violations(decl, pools=len(cs.references_to(name))):
+        pools = sum(1 for r in cs.references_to(name) if r.kind == "pool")
+        for v in peer_violations(decl, pools=pools):
             if v.dhcpd_rejects:
                 raise ConfigError(
                     f"failover peer {name!r}: {v.message} (dhcpd rejects this too; "
@@ -103,6 +105,24 @@ def validate(cs: ConfigSet) -> None:
                     column=v.column,
                     code=v.code,
                 )
+
+
+def _reference_problem(cs: ConfigSet, ref: Reference) -> tuple[str, str] | None:
+    """(code, message) when dhcpd refuses this ``failover peer NAME;`` statement."""
+    if ref.name not in cs.declarations:
+        return "undeclared_peer", "is referenced but not declared (dhcpd: failover peer not found)"
+    if ref.kind not in ("pool", "shared-network"):
+        return (
+            "peer_reference_misplaced",
+            f"is referenced in a {ref.kind}, not in a pool (dhcpd: failover peers may only "
+            "be defined in shared-network declarations and the outer scope)",
+        )
+    if ref.kind == "pool" and not ref.name_quoted():
+        return (
+            "peer_name_not_quoted",
+            'is named without quotes in a pool (dhcpd: expecting string); write "NAME"',
+        )
+    return None
 
 
 def check_pair(primary: ConfigSet, secondary: ConfigSet, name: str) -> list[ConfigWarning]:

@@ -140,6 +140,21 @@ class Reference:
     def holder(self) -> tuple[Document, Block] | None:
         return self.scope[-1] if self.scope else None
 
+    @property
+    def kind(self) -> str:
+        """The keyword of the block holding it (``pool``, ``shared-network`` ...), or
+        ``global``. dhcpd takes a reference only in a pool (where it makes the pool the
+        peer's) or directly in a shared-network (where it counts for no pool)."""
+        holder = self.holder
+        return holder[0].keyword(holder[1]) if holder is not None else "global"
+
+    def name_quoted(self) -> bool:
+        """Whether the name is written as a string: in a pool dhcpd wants one."""
+        plain = _PLAIN_REFERENCE_RE.fullmatch(self.doc.text, self.node.start, self.node.end)
+        if plain is not None:
+            return plain.group("quoted") is not None
+        return any(t.kind == "string" for t in self.doc.tokens(self.node))
+
     def scope_ref(self) -> ScopeRef:
         kind = self.scope[-1][0].keyword(self.scope[-1][1]) if self.scope else "global"
         label = " > ".join(doc.label(block) for doc, block in self.scope) or "global scope"
