@@ -117,7 +117,7 @@ def _reference_problem(cs: ConfigSet, ref: Reference) -> tuple[str, str] | None:
             f"is referenced in a {ref.kind}, not in a pool (dhcpd: failover peers may only "
             "be defined in shared-network declarations and the outer scope)",
         )
-    if ref.kind == "pool" and not ref.name_quoted():
+    if ref.kind == "pool" and not ref.quoted:
         return (
             "peer_name_not_quoted",
             'is named without quotes in a pool (dhcpd: expecting string); write "NAME"',

@@ -135,28 +135,19 @@ class Reference:
     doc: Document
     node: Statement
     scope: Scope
+    #: The keyword of the block holding it (``pool``, ``shared-network`` ...), or ``global``.
+    #: dhcpd takes a reference only in a pool (where it makes the pool the peer's) or directly
+    #: in a shared-network (where it counts for no pool).
+    kind: str = "pool"
+    #: Whether the name is written as a string: in a pool dhcpd wants one.
+    quoted: bool = True
 
     @property
     def holder(self) -> tuple[Document, Block] | None:
         return self.scope[-1] if self.scope else None
 
-    @property
-    def kind(self) -> str:
-        """The keyword of the block holding it (``pool``, ``shared-network`` ...), or
-        ``global``. dhcpd takes a reference only in a pool (where it makes the pool the
-        peer's) or directly in a shared-network (where it counts for no pool)."""
-        holder = self.holder
-        return holder[0].keyword(holder[1]) if holder is not None else "global"
-
-    def name_quoted(self) -> bool:
-        """Whether the name is written as a string: in a pool dhcpd wants one."""
-        plain = _PLAIN_REFERENCE_RE.fullmatch(self.doc.text, self.node.start, self.node.end)
-        if plain is not None:
-            return plain.group("quoted") is not None
-        return any(t.kind == "string" for t in self.doc.tokens(self.node))
-
     def scope_ref(self) -> ScopeRef:
-        kind = self.scope[-1][0].keyword(self.scope[-1][1]) if self.scope else "global"
+        kind = self.kind
         label = " > ".join(doc.label(block) for doc, block in self.scope) or "global scope"
         return ScopeRef(kind, label, self.doc.filename, self.doc.line(self.node.start))
 
@@ -174,10 +165,17 @@ def failover_name(doc: Document, node: Node) -> str | None:
 
     None for anything else, including ``failover peer NAME state { ... }`` (lease-file state).
     """
+    found = failover_reference(doc, node)
+    return found[0] if found is not None else None
+
+
+def failover_reference(doc: Document, node: Node) -> tuple[str, bool] | None:
+    """:func:`failover_name` and whether the name is written as a string."""
     if isinstance(node, Statement):  # the common shape, without tokenizing (large files)
         plain = _PLAIN_REFERENCE_RE.fullmatch(doc.text, node.start, node.end)
         if plain is not None:
-            return plain.group("quoted") or plain.group("bare")
+            quoted = plain.group("quoted")
+            return (quoted, True) if quoted is not None else (plain.group("bare"), False)
     tokens = doc.tokens(node)
     if isinstance(node, Statement):
         if not tokens or tokens[-1].text != ";":
@@ -187,9 +185,9 @@ def failover_name(doc: Document, node: Node) -> str | None:
         return None
     name = tokens[2]
     if name.kind == "string":
-        return string_value(name.text)
+        return string_value(name.text), True
     if name.kind == "word":
-        return name.text
+        return name.text, False
     return None
 
 
