@@ -65,7 +65,8 @@ class Stack:
         return event
 
 
-ServeOn = Callable[[LocalHosts], Awaitable[Stack]]
+ServeOn = Callable[..., Awaitable[Stack]]
+"""``await serve_on(hosts, **settings_changes)``."""
 
 
 @pytest.fixture
@@ -95,10 +96,15 @@ async def serve_on(
     stop = asyncio.Event()
     tasks: list[asyncio.Task[None]] = []
 
-    async def start(hosts: LocalHosts) -> Stack:
+    async def start(hosts: LocalHosts, **changes: Any) -> Stack:
         assert not tasks, "one worker per test"
         settings = broker_settings.model_copy(
-            update={"inventory": hosts.inventory_path, "log_format": "json", **SSH_TIMEOUTS}
+            update={
+                "inventory": hosts.inventory_path,
+                "log_format": "json",
+                **SSH_TIMEOUTS,
+                **changes,
+            }
         )
         task = asyncio.create_task(serve(settings, stop), name="serve")
         tasks.append(task)

@@ -9,7 +9,10 @@ files and logs on the hosts and the events on the broker.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,6 +28,7 @@ from tests.change.helpers import (
     sha,
     without_durations,
 )
+from tests.consumer.proxy import TcpProxy
 from tests.consumer.support import assert_depth, check_event_message, get_one
 from tests.e2e.conftest import ServeOn, Stack
 from tests.e2e.support import (
@@ -40,6 +44,7 @@ from tests.e2e.support import (
     record_restart_order,
     remove_body,
     restart_order,
+    slow_restart,
 )
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.consumer.client import publish_request
@@ -392,5 +397,45 @@ async def test_two_copies_of_a_request_delivered_together_are_applied_once_and_a
     assert stack.primary.config_bytes() == PRIMARY_AFTER.encode()
     assert stack.secondary.config_bytes() == SECONDARY_AFTER.encode()
     assert stack.primary.restarts() == [Restart("ok", sha(PRIMARY_AFTER))]
+    assert stack.secondary.restarts() == [Restart("ok", sha(SECONDARY_AFTER))]
+    await settled(stack)
+
+
+@pytest.fixture
+async def proxy(broker_settings: Settings) -> AsyncIterator[TcpProxy]:
+    """A cuttable TCP proxy in front of the broker; asked for before ``serve_on``, so it
+    outlives the worker connected through it."""
+    proxy = await TcpProxy.to(broker_settings.amqp_url)
+    try:
+        yield proxy
+    finally:
+        await proxy.close()
+
+
+async def test_a_blip_during_a_long_commit_still_gives_the_request_one_outcome(
+    sample_hosts: LocalHosts, proxy: TcpProxy, serve_on: ServeOn, broker_settings: Settings
+) -> None:
+    # The worker's AMQP connection drops while the secondary's restart (3 s) outlasts the
+    # lock timeout (1 s): the broker redelivers the request to the reconnected worker while
+    # its first run still holds the locks. The copy must answer with that run's outcome, not
+    # time out on the locks and publish failed/lock_timeout for the same request id.
+    begun = slow_restart(sample_hosts, SECONDARY, 3.0)
+    url = proxy.url(broker_settings.amqp_url, reconnect_interval="0.2")
+    stack = await serve_on(sample_hosts, amqp_url=url, lock_timeout=1.0)
+    request_id = new_request_id("blip")
+    await publish_request(broker_settings, modify_body(request_id), "request.modify")
+    deadline = time.monotonic() + 30
+    while not begun.exists():
+        assert time.monotonic() < deadline, "the secondary's restart never began"
+        await asyncio.sleep(0.05)
+    proxy.cut()
+
+    ids = [(await stack.tap.next_checked(within=30)).event.id]
+    with contextlib.suppress(AssertionError, TimeoutError):  # the first delivery's answer
+        ids.append((await stack.tap.next_checked(within=5)).event.id)
+    await stack.tap.assert_quiet(1.0)
+
+    assert set(ids) == {f"{request_id}/succeeded"}, ids
+    assert proxy.cuts == 1 and proxy.accepted >= 2  # it did reconnect
     assert stack.secondary.restarts() == [Restart("ok", sha(SECONDARY_AFTER))]
     await settled(stack)
