@@ -439,3 +439,31 @@ async def test_a_blip_during_a_long_commit_still_gives_the_request_one_outcome(
     assert proxy.cuts == 1 and proxy.accepted >= 2  # it did reconnect
     assert stack.secondary.restarts() == [Restart("ok", sha(SECONDARY_AFTER))]
     await settled(stack)
+
+
+async def test_latin1_configs_with_a_key_beside_the_peer_get_their_event_and_keep_their_bytes(
+    local_hosts: LocalHostsFactory, serve_on: ServeOn
+) -> None:
+    # A Latin-1 comment on the line the modify changes, and a key block right above the peer
+    # block: the event must be encodable (U+FFFD, flagged), show no secret, the files keep
+    # every byte but the edited value, and the worker answers the next request too.
+    key = b'key omapi-key {\n  algorithm hmac-md5;\n  secret "c2VjcmV0LWJ5dGVz";\n}\n'
+    configs: dict[str, bytes] = {}
+    for name, text in sample_configs().items():
+        data = text.encode().replace(b"  mclt 3600;", b"  mclt 3600;  # Standort M\xfcnchen")
+        configs[name] = data.replace(b'failover peer "', key + b'failover peer "', 1)
+    hosts = local_hosts(configs, addresses=SAMPLE_ADDRESSES)
+    stack = await serve_on(hosts)
+
+    event = await stack.request(modify_body(new_request_id("latin1")), "request.modify")
+    written = stack.primary.config_bytes()
+    later = await stack.request(modify_body(new_request_id("after"), Mclt=900), "request.modify")
+
+    assert event.data.outcome.value == "succeeded", event.data.error
+    primary = event.data.servers[0]
+    assert primary.diffNonUtf8 and "Standort M\ufffdnchen" in primary.diff
+    assert "c2VjcmV0LWJ5dGVz" not in event.to_json().decode()
+    expected = configs[PRIMARY].replace(b"mclt 3600;", b"mclt 1800;")
+    assert written == expected.replace(b"port 647;", b"port 648;")  # the other bytes kept
+    assert later.data.outcome.value == "succeeded", later.data.error
+    await settled(stack)
