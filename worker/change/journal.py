@@ -27,6 +27,7 @@ and AppArmor profiles that allow the config directory allow these too.
 from __future__ import annotations
 
 import asyncio
+import json
 import posixpath
 import re
 from collections.abc import Sequence
@@ -186,8 +187,8 @@ async def find_journal(
     if data is None:  # finished or pruned between listdir and read
         return None if found[-1][0] else await find_journal(host, request_id)
     try:
-        return Journal.model_validate_json(data)
-    except ValidationError as exc:
+        return Journal.model_validate(json.loads(data))
+    except (ValidationError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise Failed(
             f"journal {path} on {host.name} cannot be read back; "
             "an operator must check the server and remove it",
@@ -227,8 +228,15 @@ async def write_journal(host: RemoteHost, journal: Journal) -> None:
     """Write the journal under its current name, atomically; one ``write``. It gets the
     config's mode and owner: it quotes the config (the diff), so it is as private."""
     journal.updated = datetime.now(UTC).isoformat()
-    data = journal.model_dump_json(exclude_none=True).encode()
+    data = encode_journal(journal)
     await host.write(journal.path(journal_dir(host)), data, like=host.config_path)
+
+
+def encode_journal(journal: Journal) -> bytes:
+    """ASCII JSON: a path or message holding a byte that is not UTF-8 (a surrogate, as the
+    engine decodes configs) is kept as a ``\\udcXX`` escape, so it reads back exactly (a
+    journal names the files a resumed change must find) where UTF-8 could not hold it."""
+    return json.dumps(journal.model_dump(mode="json", exclude_none=True)).encode("ascii")
 
 
 async def remove_running_journal(host: RemoteHost, journal: Journal) -> None:
