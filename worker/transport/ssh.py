@@ -223,7 +223,10 @@ class SshHost:
                 return self._sftp
             try:
                 sftp = await asyncio.wait_for(
-                    conn.start_sftp_client(), self._options.connect_timeout
+                    # A path holding a byte that is not UTF-8 (a Latin-1 include name) comes
+                    # from the engine as a surrogate (surrogateescape): send that byte back.
+                    conn.start_sftp_client(path_errors="surrogateescape"),
+                    self._options.connect_timeout,
                 )
             except (TimeoutError, asyncssh.Error, OSError) as e:
                 raise Unreachable(
