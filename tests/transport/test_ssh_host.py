@@ -418,13 +418,11 @@ async def test_a_file_name_holding_a_latin1_byte_is_read_and_written_as_those_by
     # The engine decodes config text with surrogateescape, so an include of "M\xfcnchen.conf"
     # names the path "M\udcfcnchen.conf": over SFTP it must be the file of those bytes.
     local = pair.hosts[PRIMARY]
-    raw_name = os.fsencode(local.config_dir) + b"/M\xfcnchen.conf"
-    with open(raw_name, "wb") as f:
-        f.write(b"# included\n")
-    path = os.fsdecode(raw_name)  # surrogateescape, as the engine has it
+    raw_name = Path(os.fsdecode(os.fsencode(local.config_dir) + b"/M\xfcnchen.conf"))
+    raw_name.write_bytes(b"# included\n")
+    path = str(raw_name)  # surrogateescape, as the engine has it
     host = fleet.host(PRIMARY)
 
     assert await host.read(path) == b"# included\n"
     await host.write(path, b"# rewritten\n", like=path)
-    with open(raw_name, "rb") as f:
-        assert f.read() == b"# rewritten\n"
+    assert raw_name.read_bytes() == b"# rewritten\n"
