@@ -412,17 +412,24 @@ async def test_only_the_path_placeholder_is_substituted_in_commands(pair: LocalH
     assert result.command.startswith('test -n "${HOME}" && ')
 
 
+def _latin1_file(directory: Path, data: bytes | None = None) -> tuple[Path, bytes]:
+    """``M\xfcnchen.conf`` in ``directory`` (its name not UTF-8): written if ``data``, and
+    its bytes now."""
+    path = Path(os.fsdecode(os.fsencode(directory) + b"/M\xfcnchen.conf"))
+    if data is not None:
+        path.write_bytes(data)
+    return path, path.read_bytes()
+
+
 async def test_a_file_name_holding_a_latin1_byte_is_read_and_written_as_those_bytes(
     pair: LocalHosts, fleet: SshFleet
 ) -> None:
     # The engine decodes config text with surrogateescape, so an include of "M\xfcnchen.conf"
     # names the path "M\udcfcnchen.conf": over SFTP it must be the file of those bytes.
     local = pair.hosts[PRIMARY]
-    raw_name = Path(os.fsdecode(os.fsencode(local.config_dir) + b"/M\xfcnchen.conf"))
-    raw_name.write_bytes(b"# included\n")
-    path = str(raw_name)  # surrogateescape, as the engine has it
+    path, _ = _latin1_file(local.config_dir, b"# included\n")
     host = fleet.host(PRIMARY)
 
-    assert await host.read(path) == b"# included\n"
-    await host.write(path, b"# rewritten\n", like=path)
-    assert raw_name.read_bytes() == b"# rewritten\n"
+    assert await host.read(str(path)) == b"# included\n"
+    await host.write(str(path), b"# rewritten\n", like=str(path))
+    assert _latin1_file(local.config_dir)[1] == b"# rewritten\n"
