@@ -382,9 +382,10 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 def safe_text(text: str) -> str:
     """``text`` with every lone surrogate replaced by U+FFFD, so it encodes as UTF-8.
 
-    Surrogates reach us two ways: a config byte that is not UTF-8, kept by the
-    ``surrogateescape`` decoding the engine works on, and a ``\\udXXX`` escape in request
-    JSON. Neither can be written as UTF-8, and both are shown as U+FFFD (docs/contract.md)."""
+    Surrogates come from config bytes that are not UTF-8, kept by the ``surrogateescape``
+    decoding the engine works on (a quoted config line in an error message, a file name).
+    UTF-8 cannot carry them; they are shown as U+FFFD (docs/contract.md §3.3). Request JSON
+    holding a lone surrogate escape is refused at intake as ``invalid_json``."""
     return _SURROGATE.sub("\ufffd", text) if _SURROGATE.search(text) else text
 
 
