@@ -242,9 +242,9 @@ async def test_output_beyond_the_channel_window_is_ambiguous_and_says_why(
 async def test_a_shell_that_cannot_run_the_agent_is_a_clear_failure(
     pair: LocalHosts, fleet: SshFleet, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.transport.ssh as ssh
+    import worker.transport.commands as commands
 
-    monkeypatch.setattr(ssh, "AGENT_COMMAND", "echo 'fish: unsupported syntax' >&2; exit 127")
+    monkeypatch.setattr(commands, "AGENT_COMMAND", "echo 'fish: unsupported syntax' >&2; exit 127")
     with pytest.raises(CommandFailed) as caught:
         await fleet.host(PRIMARY).restart()
     assert "remote shell did not start" in caught.value.message

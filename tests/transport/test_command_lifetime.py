@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-import worker.transport.ssh as ssh
+import worker.transport.commands as commands
 from tests.fixtures.sshd import LocalHostsFactory
 from tests.transport.support import fleet_for, gone, inventory_file, processes, wait_until_locked
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
@@ -167,7 +167,7 @@ async def test_without_gnu_timeout_the_worker_gives_up_and_the_agent_ends_the_co
 ) -> None:
     without = AGENT_COMMAND.replace("command -v timeout", "command -v dfw-no-such-timeout")
     assert without != AGENT_COMMAND
-    monkeypatch.setattr(ssh, "AGENT_COMMAND", without)
+    monkeypatch.setattr(commands, "AGENT_COMMAND", without)
     local = pair.hosts[PRIMARY]
     options = SshOptions(connect_timeout=5, command_timeout=1)
     async with fleet_for(pair, options) as fleet:

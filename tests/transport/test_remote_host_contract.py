@@ -18,7 +18,7 @@ import pytest
 
 import tests.fakes
 import worker.change.ports
-import worker.transport.ssh
+import worker.transport.files
 from tests.fakes import FakeHost
 from tests.fixtures.sshd import LocalHostsFactory
 from tests.transport.support import fleet_for
@@ -190,7 +190,7 @@ async def test_read_returns_empty_and_multi_block_files_whole(harness: Harness) 
 def read_limit(monkeypatch: pytest.MonkeyPatch) -> int:
     """``MAX_READ_BYTES`` made small (more than one SFTP read block) wherever it is used."""
     limit = 300_000
-    for module in (worker.change.ports, worker.transport.ssh, tests.fakes):
+    for module in (worker.change.ports, worker.transport.files, tests.fakes):
         monkeypatch.setattr(module, "MAX_READ_BYTES", limit)
     return limit
 

@@ -60,6 +60,8 @@ from dataclasses import dataclass
 
 import asyncssh
 
+from worker.change.aio import retrieve
+
 LOCK_BUSY_EXIT = 75
 """flock's exit status when the lock stays busy (``-E``); EX_TEMPFAIL."""
 
@@ -347,10 +349,4 @@ async def _both(a: Awaitable[bytes], b: Awaitable[bytes]) -> tuple[bytes, bytes]
         for task in tasks:
             if not task.done():
                 task.cancel()
-            task.add_done_callback(_retrieve)
-
-
-def _retrieve(task: asyncio.Future[bytes]) -> None:
-    """Mark a failed read's exception as seen: the caller already acted on the first one."""
-    if not task.cancelled():
-        task.exception()
+            task.add_done_callback(retrieve)
