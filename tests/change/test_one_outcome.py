@@ -246,3 +246,27 @@ async def test_a_joined_delivery_runs_the_request_itself_when_the_first_was_canc
     assert result.outcome is Outcome.succeeded and calls == ["run", "run"]
     with pytest.raises(asyncio.CancelledError):
         await first
+
+
+async def test_an_outcome_no_server_would_record_is_tried_twice_then_still_published(
+    world: World,
+) -> None:
+    attempts: list[str] = []
+    for server in (PRIMARY, SECONDARY):
+        host = world.hosts[server]
+
+        def refuse(path: str, name: str = server) -> bool:
+            if "/.dhcp-failover-done." in path:
+                attempts.append(name)
+                return True
+            return False
+
+        host.refuse_write = refuse
+    announced: list[ResultData] = []
+
+    result = await execute(modify_request(), "req-1", world.fleet, announce=announced.append)
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert [r.outcome for r in announced] == [Outcome.succeeded]
+    assert sorted(attempts) == [PRIMARY, PRIMARY, SECONDARY, SECONDARY]
+    assert world.locked() == []

@@ -174,11 +174,9 @@ async def complete(
         names.remove(running)
         log.info("journal.completed", server=name, request=request_id)
 
-    for name, result in zip(
-        servers := list(dict.fromkeys(servers)),
-        await asyncio.gather(*(one(n) for n in servers), return_exceptions=True),
-        strict=True,
-    ):
+    names = list(dict.fromkeys(servers))
+    results = await asyncio.gather(*(one(n) for n in names), return_exceptions=True)
+    for name, result in zip(names, results, strict=True):
         if isinstance(result, BaseException):
             if not isinstance(result, Exception):
                 raise result

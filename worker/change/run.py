@@ -69,8 +69,6 @@ class Run:
     prefetched: dict[str, asyncio.Future[Snapshot]] = field(default_factory=dict)
     #: ...and the live files read again under the locks, ahead of the recheck.
     rereads: dict[str, asyncio.Future[list[bytes | None]]] = field(default_factory=dict)
-    #: Whether :data:`Announce` has been told the outcome.
-    was_announced: bool = False
     #: Servers where another change was unfinished before the locks (maybe still running)...
     busy: set[str] = field(default_factory=set)
     #: ...and whether that now fails the plan (after waiting for their locks once).
@@ -117,8 +115,6 @@ class Run:
                 announce(result.model_copy(update={"durationMs": self.elapsed_ms()}))
             except Exception:
                 log.exception("announce.failed")
-            else:
-                self.was_announced = True
         return result
 
     def drop_prefetched(self) -> None:

@@ -10,6 +10,7 @@ what ``validate_command`` runs on. dhcpd's messages are mapped back to the real 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -81,7 +82,10 @@ async def validate_tree(
     """Run the server's validate command on the staged tree; raise ``ValidationFailed`` with
     dhcpd's own message, file and line when it refuses. Validation copies are removed once
     dhcpd has run; on an exception they are left in ``temps`` for the caller's cleanup."""
-    setup = validation_setup(main, after, changed, request_id, host.working_directory)
+    # It parses every file for its includes: CPU work, off the event loop like the plan's.
+    setup = await asyncio.to_thread(
+        validation_setup, main, after, changed, request_id, host.working_directory
+    )
     temps = temps if temps is not None else set()
     for live, (copy, text) in setup.copies.items():
         temps.add(copy)
