@@ -18,6 +18,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.sshd",
     "tests.fixtures.broker",
     "tests.fixtures.markers",
+    "tests.fixtures.lab",
 ]
 
 REPO = Path(__file__).resolve().parent.parent

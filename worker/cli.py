@@ -12,11 +12,15 @@ import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
+from worker.failures import EXIT_UNAVAILABLE, OperatorError, debug_requested, explain
 from worker.messages import MODIFY_COMMAND, REMOVE_COMMAND, Outcome
+
+if TYPE_CHECKING:
+    from worker.settings import Settings
 
 #: ``publish --wait`` exit status by outcome; 124 when no event arrived in time.
 EXIT_BY_OUTCOME = {
@@ -29,10 +33,54 @@ EXIT_BY_OUTCOME = {
 EXIT_TIMEOUT = 124
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command's unexpected exception becomes one line and a documented exit status
+    (:mod:`worker.failures`); a traceback only in debug mode."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            raise _failure(ctx, exc) from None
+
+
+def _failure(ctx: click.Context, exc: Exception) -> OperatorError:
+    """``exc`` explained (traceback first in debug mode); the broker URL of the command, if
+    any, is what a connection error is about."""
+    import traceback
+
+    if debug_requested(bool(ctx.find_root().params.get("debug"))):
+        traceback.print_exception(exc)
+    return explain(exc, ctx.meta.get(_AMQP_URL))
+
+
+_AMQP_URL = "dhcp_failover.amqp_url"
+
+
+def _settings(ctx: click.Context) -> Settings:
+    """The settings from the environment; remembers the broker URL for error messages."""
+    from worker.settings import Settings
+
+    settings = Settings()
+    ctx.meta[_AMQP_URL] = settings.amqp_url
+    return settings
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="dhcp-failover-worker")
-def main() -> None:
-    """Change or remove ISC DHCP failover relationships on both peers, from RabbitMQ."""
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Print the traceback of an error (also: DHCP_FAILOVER_LOG_LEVEL=debug).",
+)
+def main(debug: bool) -> None:
+    """Change or remove ISC DHCP failover relationships on both peers, from RabbitMQ.
+
+    Errors print one line on stderr; exit status 69 unreachable (broker, server), 70 internal
+    error, 77 broker refused the login or vhost, 78 invalid inventory or setting.
+    """
 
 
 # -- the worker -------------------------------------------------------------------------------
@@ -44,18 +92,20 @@ def main() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Inventory TOML (default: $DHCP_FAILOVER_INVENTORY).",
 )
-def run(inventory: Path | None) -> None:
-    """Consume requests until SIGTERM, then finish the change in flight and stop."""
-    from aio_pika.exceptions import AMQPConnectionError
+@click.pass_context
+def run(ctx: click.Context, inventory: Path | None) -> None:
+    """Consume requests until SIGTERM, then finish the change in flight and stop.
 
-    from worker.logging import redact_url
+    The inventory is checked first (every problem at once); then the worker waits up to
+    DHCP_FAILOVER_STARTUP_TIMEOUT seconds for the broker.
+    """
+    from worker.logging import configure_logging, get_logger
     from worker.service import serve
-    from worker.settings import Settings
-    from worker.transport.inventory import InventoryError
 
-    settings = Settings()
+    settings = _settings(ctx)
     if inventory is not None:
         settings = settings.model_copy(update={"inventory": inventory})
+    configure_logging(settings)
 
     async def _main() -> None:
         stop = asyncio.Event()
@@ -66,41 +116,86 @@ def run(inventory: Path | None) -> None:
 
     try:
         asyncio.run(_main())
-    except InventoryError as exc:
-        raise click.ClickException(str(exc)) from None
-    except (AMQPConnectionError, OSError) as exc:
-        url = redact_url(settings.amqp_url)
-        raise click.ClickException(f"cannot reach RabbitMQ at {url}: {exc}") from None
+    except Exception as exc:
+        failure = _failure(ctx, exc)
+        get_logger("worker.cli").error(
+            "worker stopped on an error", error=failure.message, exit_status=failure.exit_code
+        )
+        raise failure from None
+
+
+@main.command()
+@click.option(
+    "--inventory",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Inventory TOML to check.",
+)
+@click.option(
+    "--connect",
+    is_flag=True,
+    help="Also reach every server: SSH and host key, the validate command on the live "
+    "config, OMAPI.",
+)
+@click.pass_context
+def check(ctx: click.Context, inventory: Path, connect: bool) -> None:
+    """Check an inventory as `run` does at start; with --connect, each server too.
+
+    Exit 0 when all is well, 78 for inventory problems (all listed), 69 when a server
+    cannot be used (the table says how far each got).
+    """
+    from worker.transport.preflight import check_inventory
+
+    checked = check_inventory(inventory)
+    if not connect:
+        click.echo(f"inventory {checked.source}: {len(checked.servers)} server(s), files ok")
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    from worker.check import check_servers
+    from worker.logging import configure_logging
+
+    settings = _settings(ctx)
+    configure_logging(settings, level="error")
+    rows = asyncio.run(check_servers(checked, settings))
+    table = Table("server", "reachable", "host key", "validate", "omapi")
+    for row in rows:
+        table.add_row(row.server, row.reachable, row.host_key, row.validate, row.omapi)
+    Console(soft_wrap=True).print(table)
+    problems = [p for row in rows for p in row.problems]
+    for problem in problems:
+        click.echo(f"problem: {problem}", err=True)
+    if problems:
+        raise OperatorError(
+            f"{len(problems)} problem(s) on {sum(not r.ok for r in rows)} of {len(rows)} server(s)",
+            EXIT_UNAVAILABLE,
+        )
 
 
 # -- publishing -------------------------------------------------------------------------------
 
 
 def _publish(body: dict[str, Any], routing_key: str, wait: bool, timeout: float) -> None:
-    from aio_pika.exceptions import AMQPConnectionError
+    from worker.consumer.client import publish_request
 
-    from worker.consumer.client import RequestNotRouted, publish_request
-    from worker.logging import redact_url
-    from worker.settings import Settings
-
-    settings = Settings()
+    settings = _settings(click.get_current_context())
     request_id = body["requestId"]
-    try:
-        event = asyncio.run(
-            publish_request(
-                settings, body, routing_key, message_id=request_id, wait=timeout if wait else None
-            )
+    event = asyncio.run(
+        publish_request(
+            settings, body, routing_key, message_id=request_id, wait=timeout if wait else None
         )
-    except RequestNotRouted as exc:
-        raise click.ClickException(str(exc)) from None
-    except (AMQPConnectionError, OSError) as exc:
-        url = redact_url(settings.amqp_url)
-        raise click.ClickException(f"cannot reach RabbitMQ at {url}: {exc}") from None
+    )
     if not wait:
         click.echo(json.dumps({"published": request_id, "routingKey": routing_key}))
         return
     if event is None:
-        click.echo(f"no result event for {request_id} within {timeout}s", err=True)
+        click.echo(
+            f"Error: no result event for {request_id} within {timeout:g}s. The request is "
+            "queued and a worker will still answer it on the event exchange: is a worker "
+            "running? (--timeout waits longer)",
+            err=True,
+        )
         sys.exit(EXIT_TIMEOUT)
     click.echo(event.model_dump_json(indent=2))
     sys.exit(EXIT_BY_OUTCOME[event.data.outcome])

@@ -145,6 +145,29 @@ class CommandFailed(Failed):
     code = "command_failed"
 
 
+class OmapiUnreachable(Failed):
+    """Nothing answers OMAPI on the server (dhcpd down, wrong ``omapi.port``, forward refused)."""
+
+    code = "omapi_unreachable"
+
+
+class OmapiAuthFailed(Failed):
+    """dhcpd refused the OMAPI key, or wants one and the inventory gives none."""
+
+    code = "omapi_auth_failed"
+
+
+class VerifyFailed(Failed):
+    """The running pair did not re-form with the requested values after a commit.
+
+    ``code`` is ``pair_not_normal`` or ``running_values_differ``; ``detail`` holds the states
+    and values read on each server. Raised after the commit, so the outcome is a rollback.
+    """
+
+    code = "pair_not_normal"
+    default_phase = Phase.verify
+
+
 # -- ambiguous: may or may not have happened --------------------------------------------------
 
 

@@ -69,6 +69,7 @@ class Phase(StrEnum):
     plan = "plan"
     prepare = "prepare"
     commit = "commit"
+    verify = "verify"
     rollback = "rollback"
 
 
@@ -270,6 +271,58 @@ class DiffSummary(BaseModel):
     removed: int = Field(description="Lines the full diff removes (`-`).")
 
 
+#: dhcpd's failover state names, as its logs write them (``includes/failover.h``);
+#: ``unknown`` stands for a number this worker does not know.
+PeerStateLabel = Literal[
+    "unknown",
+    "startup",
+    "normal",
+    "communications-interrupted",
+    "partner-down",
+    "potential-conflict",
+    "recover",
+    "paused",
+    "shutdown",
+    "recover-done",
+    "resolution-interrupted",
+    "conflict-done",
+    "recover-wait",
+]
+
+
+class RunningInfo(BaseModel):
+    """One server's running dhcpd as OMAPI shows it (its failover-state object): the values
+    it runs with, not what its file says. dhcpd exports only its own side of a pair."""
+
+    model_config = _EVENT_CONFIG
+
+    relationship: str = Field(description="The failover relationship read.")
+    state: PeerStateLabel | None = Field(
+        default=None,
+        description="This server's failover state; null when dhcpd answered that it runs no "
+        "relationship of that name (after a remove).",
+    )
+    partnerState: PeerStateLabel | None = Field(
+        default=None, description="The partner's state as this server last learnt it."
+    )
+    mclt: int | None = Field(
+        default=None, description="On a secondary, the primary's (adopted when they connect)."
+    )
+    localPort: int | None = None
+    partnerPort: int | None = None
+    maxResponseDelay: int | None = None
+    maxUnackedUpdates: int | None = Field(
+        default=None,
+        description="dhcpd's `max-outstanding-updates`: the local max-unacked-updates.",
+    )
+    loadBalanceMaxSeconds: int | None = None
+    readAt: datetime = Field(description="When the worker read it (UTC).")
+
+    @field_serializer("readAt")
+    def _read_at(self, t: datetime) -> str:
+        return utc_millis(t)
+
+
 class ServerResult(BaseModel):
     """What happened on one server. ``state`` says which config it runs now."""
 
@@ -301,6 +354,12 @@ class ServerResult(BaseModel):
         description="Each file this change wrote on the server and which version it holds now.",
     )
     durationMs: int | None = None
+    running: RunningInfo | None = Field(
+        default=None,
+        description="The last OMAPI reading of the relationship on this server during the "
+        "request: after its last restart, or at prepare when it was not restarted; null when "
+        "the server has no `omapi` in the inventory or was not read.",
+    )
 
 
 class WarningInfo(BaseModel):
@@ -337,6 +396,20 @@ class ResultData(BaseModel):
         default=None, description="The request's comment (a change ticket, say), for the audit."
     )
     durationMs: int = 0
+    verified: bool = Field(
+        default=False,
+        description="The running pair was read over OMAPI after the change's last restart and "
+        "matched the files the servers now hold (the new ones, or the old ones after a "
+        "rollback) on every server of the change.",
+    )
+    verifyMs: int | None = Field(
+        default=None, description="Time spent verifying (null when no verify ran)."
+    )
+    verifySkipped: str | None = Field(
+        default=None,
+        description="Why servers that were restarted were not (all) verified, e.g. "
+        '"no omapi in inventory"; null otherwise.',
+    )
 
     @field_validator("warnings", mode="before")
     @classmethod
@@ -365,8 +438,7 @@ class ResultEvent(BaseModel):
 
     @field_serializer("time")
     def _time(self, t: datetime) -> str:
-        t = t.astimezone(UTC)
-        return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+        return utc_millis(t)
 
     def to_json(self) -> bytes:
         """Structured-mode body. Absent optional attributes are omitted (CloudEvents has no
@@ -374,6 +446,12 @@ class ResultEvent(BaseModel):
         made :func:`json_safe` first: UTF-8 cannot carry a lone surrogate."""
         doc = {k: v for k, v in self.model_dump(mode="json").items() if v is not None}
         return json.dumps(json_safe(doc), ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def utc_millis(t: datetime) -> str:
+    """``2026-11-25T14:03:11.482Z``: how every time in an event is written."""
+    t = t.astimezone(UTC)
+    return t.strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 _SURROGATE = re.compile("[\ud800-\udfff]")

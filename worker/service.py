@@ -15,16 +15,20 @@ from worker.consumer.app import run_worker
 from worker.logging import configure_logging
 from worker.messages import ModifyRequest, RemoveRequest, ResultData
 from worker.settings import Settings
-from worker.transport.inventory import load_inventory
+from worker.transport.preflight import check_inventory
 from worker.transport.ssh import SshFleet
 
 log = structlog.get_logger("worker.service")
 
 
 async def serve(settings: Settings, stop: asyncio.Event) -> None:
-    """Consume requests until ``stop`` is set, then finish what is in flight and return."""
+    """Consume requests until ``stop`` is set, then finish what is in flight and return.
+
+    The inventory and the files it names are checked before the broker is contacted, so a
+    typo is reported at once (``InventoryError``, every problem listed), not mid-change.
+    """
     configure_logging(settings)
-    inventory = load_inventory(settings.inventory)
+    inventory = check_inventory(settings.inventory)
     fleet = SshFleet(inventory, settings)
     options = ChangeOptions(
         lock_timeout=settings.lock_timeout,

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
         "default covers server-named queues, which `publish --wait` uses.",
     )
 
+    startup_timeout: float = Field(
+        default=60.0,
+        ge=0,
+        description="Seconds `run` waits for the broker to accept a first connection, with "
+        "exponential backoff (0: forever). A refused login or vhost is not retried.",
+    )
+
     inventory: Path = Path("/etc/dhcp-failover-worker/inventory.toml")
     connect_timeout: float = Field(default=10.0, gt=0)
     command_timeout: float = Field(default=60.0, gt=0)

@@ -20,6 +20,7 @@ import pytest
 from tests.change.helpers import PRIMARY_CONF, SECONDARY_CONF, SimulatedCrash, is_temp
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.change.ports import CommandResult, RemoteHost
+from worker.change.running import RunningState, VerifyPolicy
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY, sample_configs
 from worker.demo.localhosts import LocalHost, LocalHosts
 from worker.transport import SshFleet, SshOptions, load_inventory
@@ -86,6 +87,13 @@ class Probe:
 
     def lock(self, timeout: float) -> AbstractAsyncContextManager[None]:
         return _ProbeLock(self, self.inner.lock(timeout))
+
+    @property
+    def omapi(self) -> VerifyPolicy | None:
+        return self.inner.omapi
+
+    async def failover_state(self, relationship: str) -> RunningState | None:
+        return await self.inner.failover_state(relationship)
 
 
 class _ProbeLock(AbstractAsyncContextManager[None]):

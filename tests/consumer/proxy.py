@@ -48,8 +48,9 @@ class TcpProxy:
         await proxy.start()
         return proxy
 
-    async def start(self) -> None:
-        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+    async def start(self, port: int = 0) -> None:
+        """Listen on 127.0.0.1:``port`` (0: any free port); again after :meth:`close` too."""
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
 
     @property
     def port(self) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from worker.change.running import PeerState, VerifyPolicy
 from worker.transport import InventoryError, SshFleet, load_inventory
 
 GOOD = """
@@ -208,3 +209,82 @@ def test_every_problem_is_listed_not_just_the_first(inventory_dir: Path) -> None
     error = _error(inventory_dir, text)
     assert "port" in str(error) and "username" in str(error)
     assert "1 more" in str(error)
+
+
+# -- the omapi table (issue 10: verify the running pair) ----------------------------------------
+
+KEYED_OMAPI = """
+[servers."dhcp2.example.net".omapi]
+port = 7912
+key_name = "omapi_key"
+key_secret_file = "keys/omapi.secret"
+allowed_states = ["normal", "partner-down"]
+verify_timeout = 20
+"""
+
+
+def test_an_omapi_table_is_read_with_its_defaults_and_a_relative_secret_path(
+    inventory_dir: Path,
+) -> None:
+    (inventory_dir / "keys" / "omapi.secret").write_text("d9Swjqc4XcTo+hQAS3SA/Q==\n")
+    text = GOOD.replace(
+        'verify_command = "systemctl is-active isc-dhcp-server"',
+        'verify_command = "systemctl is-active isc-dhcp-server"\nomapi = { none = true }',
+    )
+    inventory = load_inventory(_write(inventory_dir, text + KEYED_OMAPI), check_files=True)
+    one = inventory.servers["dhcp1.example.net"].omapi
+    two = inventory.servers["dhcp2.example.net"].omapi
+    assert one is not None and two is not None
+    assert (one.port, one.none, one.key_name, one.key_secret_file) == (7911, True, None, None)
+    assert one.policy == VerifyPolicy(frozenset({PeerState.normal}), 60.0)
+    assert one.key_secret() is None
+    assert two.key_secret_file == inventory_dir / "keys" / "omapi.secret"
+    assert two.key_secret() == b"d9Swjqc4XcTo+hQAS3SA/Q=="
+    assert two.policy == VerifyPolicy(frozenset({PeerState.normal, PeerState.partner_down}), 20)
+
+
+def test_a_server_without_an_omapi_table_has_none(inventory_dir: Path) -> None:
+    assert load_inventory(_write(inventory_dir, GOOD)).servers["dhcp1.example.net"].omapi is None
+
+
+@pytest.mark.parametrize(
+    ("table", "field", "words"),
+    [
+        ("none = true\ncolour = 1", "omapi.colour", "unknown field"),
+        ("port = 7911", "omapi.key_name", "or none = true"),
+        ('key_name = "omapi_key"', "omapi.key_secret_file", "required with key_name"),
+        ('none = true\nkey_name = "k"', "omapi.key_name", "not allowed with none = true"),
+        ('none = true\nallowed_states = ["normal", "nromal"]', "omapi.allowed_states", "'nromal'"),
+        ("none = true\nallowed_states = []", "omapi.allowed_states", "at least 1"),
+        ("none = true\nverify_timeout = 0", "omapi.verify_timeout", "greater than 0"),
+        ("none = true\nport = 0", "omapi.port", "greater than or equal to 1"),
+    ],
+)
+def test_a_bad_omapi_table_is_rejected_naming_the_field(
+    inventory_dir: Path, table: str, field: str, words: str
+) -> None:
+    error = _error(inventory_dir, f'{GOOD}\n[servers."dhcp2.example.net".omapi]\n{table}\n')
+    assert (error.server, error.field) == ("dhcp2.example.net", field)
+    assert words in str(error)
+
+
+def test_a_missing_omapi_secret_file_is_named_when_files_are_checked(inventory_dir: Path) -> None:
+    path = _write(inventory_dir, GOOD + KEYED_OMAPI)
+    load_inventory(path)  # loading alone does not look
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(path, check_files=True)
+    assert (caught.value.server, caught.value.field) == (
+        "dhcp2.example.net",
+        "omapi.key_secret_file",
+    )
+    assert f"file not found: {inventory_dir / 'keys' / 'omapi.secret'}" in str(caught.value)
+
+
+def test_an_omapi_secret_file_without_base64_is_named_when_files_are_checked(
+    inventory_dir: Path,
+) -> None:
+    (inventory_dir / "keys" / "omapi.secret").write_text('secret "not base64!";\n')
+    with pytest.raises(InventoryError) as caught:
+        load_inventory(_write(inventory_dir, GOOD + KEYED_OMAPI), check_files=True)
+    assert caught.value.field == "omapi.key_secret_file"
+    assert "does not hold a base64 secret" in str(caught.value)

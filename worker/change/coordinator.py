@@ -1,17 +1,18 @@
-"""The two-phase change: plan -> prepare -> commit -> finish, or rollback, on N servers.
+"""The two-phase change: plan -> prepare -> commit+verify -> finish, or rollback, on N servers.
 
 :func:`execute` is the whole story of one request and the only place its ends are decided:
 
 =====================  ====================================================================
 ``rejected``           plan: unknown server, peer not found, roles/pair mismatch, bad config
-``failed``             nothing live changed: unreachable, lock timeout, config changed since
-                       plan (``concurrent_change``), candidate refused by ``dhcpd -t``,
-                       another change unfinished on a server (``unfinished_change``)
-``succeeded``          committed and restarted everywhere; or nothing to change (no lock
-                       taken, nothing written); or a dry run that staged and validated
-``rolled_back``        a commit step failed; every server touched holds its old file again
-                       and was restarted on it where it had been restarted
-``rollback_failed``    restoring failed too; ``error.detail.servers`` says who holds what
+``failed``             nothing live changed: unreachable (SSH or OMAPI), lock timeout, config
+                       changed since plan, candidate refused by ``dhcpd -t``, another change
+                       unfinished on a server (``unfinished_change``)
+``succeeded``          committed, restarted and verified everywhere (where ``omapi`` is set);
+                       or nothing to change (no lock taken, nothing written); or a dry run
+``rolled_back``        a commit or verify step failed; every server touched holds its old
+                       file again, restarted on it where it had been; the old pair verified
+``rollback_failed``    restoring failed too, or the old pair did not re-form;
+                       ``error.detail.servers`` says who holds what
 =====================  ====================================================================
 
 Plan (:mod:`~worker.change.planning`) reads every server's live tree and computes the
@@ -19,8 +20,9 @@ candidates (no writes, no locks; the CPU work in a thread). Prepare
 (:mod:`~worker.change.prepare`) takes every involved server's lock (:mod:`~worker.change.locks`:
 no deadlock between changes sharing servers), checks the live bytes still match the plan,
 stages each candidate beside its live file and runs the server's ``validate_command`` on it,
-and writes a journal on each server. Commit (:mod:`~worker.change.commit`) then goes per server
-in order: backup (a hard link), atomic rename, restart+verify. Finish
+writes a journal on each server and reads each running dhcpd over OMAPI. Commit then goes per
+server in order (:mod:`~worker.change.commit`): backup (a hard link), atomic rename, restart,
+the running dhcpd verified (:mod:`~worker.change.verify`); then the pair. Finish
 (:mod:`~worker.change.finish`) records the outcome in every journal (a *done record*), then
 announces it (the consumer publishes it meanwhile) and removes temp files, prunes old backups
 and done records. Each journal directory is listed once before the locks and once under them;
@@ -38,8 +40,9 @@ Idempotency and recovery (the policy)
     * nothing went live -> leftovers removed, the request planned afresh;
     * every live file is the old or the new version, no rollback had begun, every remaining
       candidate is intact and validates again -> **roll forward**: commit the servers still
-      behind, restart the ones that may not have restarted; the outcome is the one the
-      change would have had (``succeeded``, or ``rolled_back`` if a step fails now);
+      behind, restart every server holding a new file, verify; the outcome is the one the
+      change would have had (``succeeded``, or ``rolled_back`` if a step fails now; a change
+      cut off while verifying lands here too);
     * otherwise (a rollback had begun, a candidate or journal is gone, revalidation fails)
       -> **roll back**: restore the backups, restart what had been restarted;
       ``rolled_back`` (or ``rollback_failed``);
@@ -81,7 +84,7 @@ import structlog
 
 from worker.change import recovery
 from worker.change.aio import run_to_end
-from worker.change.commit import as_worker_error, commit, rollback, rollback_failed_error
+from worker.change.commit import as_worker_error, rollback_failed_error
 from worker.change.finish import clean_up, complete, record_outcome, servers_of
 from worker.change.journal import Journal, find_journal, remove_running_journal
 from worker.change.locks import hold_locks
@@ -90,15 +93,9 @@ from worker.change.planning import anchors, check_request_id, plan_when_others_e
 from worker.change.ports import Fleet
 from worker.change.prepare import discard, prepare, start_rechecks
 from worker.change.run import Announce, ChangeOptions, Run
+from worker.change.verify import Verification
 from worker.errors import LockTimeout, Rejected, WorkerError
-from worker.messages import (
-    ModifyRequest,
-    Outcome,
-    Phase,
-    RemoveRequest,
-    ResultData,
-    WarningInfo,
-)
+from worker.messages import ModifyRequest, Outcome, Phase, RemoveRequest, ResultData, WarningInfo
 
 __all__ = ["Announce", "ChangeOptions", "Preview", "execute", "preview"]
 
@@ -237,37 +234,36 @@ async def _prepare_and_commit(
     run: Run, changes: list[ServerChange], warnings: list[WarningInfo]
 ) -> ResultData:
     """Under the locks: prepare (reversible), then commit and finish (shielded). Total."""
+    check = Verification(run.request, changes)
     try:
-        await prepare(run, changes, warnings)
+        await prepare(run, changes, warnings, check)
     except asyncio.CancelledError:
         await discard(changes)
         raise
     except Exception as exc:
         error = as_worker_error(exc, Phase.prepare)
         warnings = warnings + await discard(changes)
-        return run.result(Outcome.failed, changes, error, warnings)
+        return check.report(run.result(Outcome.failed, changes, error, warnings))
     if run.request.dry_run:
         warnings = warnings + await discard(changes)
-        return run.result(Outcome.succeeded, changes, None, warnings)
-    return await run_to_end(_commit_and_finish(run, changes, warnings))
+        return check.report(run.result(Outcome.succeeded, changes, None, warnings))
+    return await run_to_end(_commit_and_finish(run, check, warnings))
 
 
 async def _commit_and_finish(
-    run: Run,
-    changes: list[ServerChange],
-    warnings: list[WarningInfo],
-    cause: WorkerError | None = None,
+    run: Run, check: Verification, warnings: list[WarningInfo], cause: WorkerError | None = None
 ) -> ResultData:
-    """Commit (unless ``cause`` says to undo instead), roll back on failure, finish."""
+    """Commit and verify (unless ``cause`` says to undo instead), roll back and verify the
+    old pair on failure, finish."""
     if cause is None:
-        cause = await commit(changes)
+        cause = await check.commit()
     if cause is None:
         outcome, error = Outcome.succeeded, None
-    elif await rollback(changes, run.request_id, cause):
+    elif (error := await check.rollback(run.request_id, cause)) is None:
         outcome, error = Outcome.rolled_back, cause
     else:
-        outcome, error = Outcome.rollback_failed, rollback_failed_error(changes, cause)
-    return await _finish(run, changes, outcome, error, warnings)
+        outcome = Outcome.rollback_failed
+    return await _finish(run, check, outcome, error, warnings)
 
 
 # -- a request that ran before ---------------------------------------------------------------
@@ -334,7 +330,8 @@ async def _resume_locked(run: Run, servers: list[str]) -> ResultData | None:
             cause = recovery.interrupted(resumed.changes, f"revalidation failed: {exc}")
     elif cause is None:
         cause = recovery.interrupted(resumed.changes, resumed.reason)
-    return await run_to_end(_commit_and_finish(run, resumed.changes, resumed.warnings, cause))
+    check = Verification(run.request, resumed.changes)
+    return await run_to_end(_commit_and_finish(run, check, resumed.warnings, cause))
 
 
 async def _journals(run: Run, servers: Sequence[str]) -> list[Journal | None]:
@@ -374,7 +371,7 @@ async def _record_conflict(run: Run, resumed: recovery.Resumed) -> ResultData:
 
 async def _finish(
     run: Run,
-    changes: list[ServerChange],
+    check: Verification,
     outcome: Outcome,
     error: WorkerError | None,
     warnings: list[WarningInfo],
@@ -382,14 +379,14 @@ async def _finish(
     """The servers are in their final state: record the outcome in every journal, announce
     it, then clean up and prune. A problem after the record is only logged: every later run
     of the request answers with exactly the recorded result."""
-    warnings = list(warnings)
+    changes, warnings = check.changes, list(warnings)
     if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
         warnings += [
             WarningInfo(code="rollback_problem", message=p, server=c.name)
             for c in changed_only(changes)
             for p in c.problems
         ]
-    result = run.result(outcome, changes, error, warnings)
+    result = check.report(run.result(outcome, changes, error, warnings))
     journaled = [c.name for c in changed_only(changes) if c.journal is not None]
     unrecorded = await record_outcome(changes, result)
     if journaled and len(unrecorded) == len(journaled):  # nowhere yet: one more try

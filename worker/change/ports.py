@@ -11,6 +11,8 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol
 
+from worker.change.running import RunningState, VerifyPolicy
+
 #: The most one :meth:`RemoteHost.read` returns. A dhcpd.conf of 20,000 subnets is about
 #: 4 MiB; anything beyond this is a mistake or a device (``include "/dev/zero";``).
 MAX_READ_BYTES = 32 * 1024 * 1024
@@ -106,6 +108,19 @@ class RemoteHost(Protocol):
 
     def lock(self, timeout: float) -> AbstractAsyncContextManager[None]:
         """Hold the server's change lock for the ``async with`` body; bounded wait."""
+        ...
+
+    @property
+    def omapi(self) -> VerifyPolicy | None:
+        """How to verify the running dhcpd (the inventory's ``omapi`` table); None when the
+        server has none, and its changes are then reported ``verified: false``."""
+        ...
+
+    async def failover_state(self, relationship: str) -> RunningState | None:
+        """The running dhcpd's ``failover-state`` object of that name, read over OMAPI; None
+        when dhcpd answers that no such relationship exists. ``OmapiAuthFailed`` when the key
+        is refused (or a keyed dhcpd is asked without one), ``OmapiUnreachable`` when nothing
+        answers on the OMAPI port. Only called when :attr:`omapi` is not None."""
         ...
 
 

@@ -1,9 +1,11 @@
 """The prepare step, under the locks: nothing live changes yet, everything can be undone.
 
-Per server, three independent strands run at once: reading the live files again to compare
-them with the plan, staging and validating the candidates, writing the journal. All end
-before an error is raised; a foreign edit is reported before anything else they found. A
-change that never went live is discarded here too (:func:`discard`).
+Per server, four independent strands run at once: reading the live files again to compare
+them with the plan, staging and validating the candidates, writing the journal, and reading
+the running dhcpd over OMAPI (:meth:`Verification.prepare`: a server the verify phase could
+not read fails the request here, before anything goes live; dry runs too). All end before an
+error is raised; a foreign edit is reported before anything else they found. A change that
+never went live is discarded here too (:func:`discard`).
 """
 
 from __future__ import annotations
@@ -21,22 +23,28 @@ from worker.change.planning import refuse_if_unfinished
 from worker.change.run import Run
 from worker.change.snapshot import Snapshot, sha256_hex
 from worker.change.staging import validate_tree
+from worker.change.verify import Verification
 from worker.errors import ConcurrentChange
 from worker.messages import WarningInfo
 
 log = structlog.stdlib.get_logger("worker.change.coordinator")
 
 
-async def prepare(run: Run, changes: list[ServerChange], warnings: list[WarningInfo]) -> None:
+async def prepare(
+    run: Run, changes: list[ServerChange], warnings: list[WarningInfo], check: Verification
+) -> None:
     """Every server prepared at once; raises the first failure once all have ended."""
     journals = {} if run.request.dry_run else new_journals(run, changes, warnings)
-    await all_of([_prepare_server(run, c, journals.get(c.name)) for c in changes])
+    await all_of([_prepare_server(run, c, journals.get(c.name), check) for c in changes])
 
 
-async def _prepare_server(run: Run, change: ServerChange, journal: Journal | None) -> None:
+async def _prepare_server(
+    run: Run, change: ServerChange, journal: Journal | None, check: Verification
+) -> None:
     """Nothing changed since plan; candidates staged beside the live files and validated;
-    the journal written (unless a dry run). Under the lock no other change is unfinished here
-    (checked on the listing the lock-time journal lookup took: nothing is touched if one is)."""
+    the journal written (unless a dry run); the running dhcpd read (where verified). Under
+    the lock no other change is unfinished here (checked on the listing the lock-time journal
+    lookup took: nothing is touched if one is)."""
     host, snapshot = change.host, change.snapshot
     assert snapshot is not None  # a planned change always has one
     with change.timed():
@@ -45,6 +53,7 @@ async def _prepare_server(run: Run, change: ServerChange, journal: Journal | Non
             _recheck(run, change, snapshot),
             _stage_and_validate(run, change),
             _save_new_journal(change, journal),
+            check.prepare(change),
             return_exceptions=True,
         )
         errors = [o for o in outcomes if isinstance(o, BaseException)]

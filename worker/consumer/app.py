@@ -43,10 +43,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
+from worker.consumer.connect import connect_with_retry
 from worker.consumer.events import EventPublisher, Outgoing, PublishFailed, reply_allowed
 from worker.consumer.intake import Delivery, read_delivery
 from worker.consumer.results import Handler, encode_result, run_handler
@@ -279,22 +279,26 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
     Cancelling the task instead is a hard stop: handlers are cancelled and their requests
     handed back, publish-and-ack tails already started still finish.
 
-    Raises if the broker cannot be reached at start; afterwards a lost connection is
+    At start it waits up to ``settings.startup_timeout`` for the broker
+    (:func:`~worker.consumer.connect.connect_with_retry`: ``BrokerUnavailable`` after that,
+    ``BrokerRefused`` at once for a refused login or vhost); afterwards a lost connection is
     re-established by aio-pika and the topology and consumer are restored.
     """
     log.info("connecting", amqp_url=redact_url(settings.amqp_url))
     name = f"dhcp-failover-worker {socket.gethostname()}:{os.getpid()}"
     async with contextlib.AsyncExitStack() as connections:
         connection = await connections.enter_async_context(
-            await aio_pika.connect_robust(
-                settings.amqp_url, client_properties={"connection_name": name}
+            await connect_with_retry(
+                settings.amqp_url, startup_timeout=settings.startup_timeout, connection_name=name
             )
         )
         # Replies go out on a connection of their own: a forged reply_to can make the broker
         # close the publishing connection (worker/consumer/events.py).
         replies = await connections.enter_async_context(
-            await aio_pika.connect_robust(
-                settings.amqp_url, client_properties={"connection_name": f"{name} replies"}
+            await connect_with_retry(
+                settings.amqp_url,
+                startup_timeout=settings.startup_timeout,
+                connection_name=f"{name} replies",
             )
         )
         channel = await connection.channel(publisher_confirms=True)

@@ -26,6 +26,8 @@ from pydantic import (
     model_validator,
 )
 
+from worker.transport.omapi_entry import OmapiEntry, resolve_local, secret_problem
+
 DEFAULT_VALIDATE_COMMAND = "dhcpd -t -cf {path}"
 LOCK_FILE_NAME = ".dhcp-failover.lock"
 
@@ -88,20 +90,16 @@ class ServerEntry(BaseModel):
         "resolved against it, and validate_command runs in it; default: the config's "
         "directory.",
     )
+    omapi: OmapiEntry | None = Field(
+        default=None, description="How to read the running dhcpd; without it, no verify."
+    )
 
     @field_validator("client_keys", "known_hosts", mode="after")
     @classmethod
     def _resolve_local_files(cls, value: Any, info: ValidationInfo) -> Any:
-        """Relative paths are relative to the inventory file, not to the working directory."""
-        base = (info.context or {}).get("base_dir")
-
-        def resolve(p: Path) -> Path:
-            p = p.expanduser()
-            return Path(base) / p if not p.is_absolute() and base is not None else p
-
         if isinstance(value, tuple):
-            return tuple(resolve(p) for p in value)
-        return resolve(value)
+            return tuple(resolve_local(p, info) for p in value)
+        return resolve_local(value, info)
 
     @field_validator("config_path", mode="after")
     @classmethod
@@ -206,11 +204,19 @@ class Inventory(BaseModel):
         return self.servers.get(name)
 
     def check_files(self) -> None:
-        """Raise :class:`InventoryError` unless every client key and known_hosts file exists.
+        """Raise :class:`InventoryError` unless every file of :meth:`missing_files` exists.
 
         Separate from loading because an inventory written for another machine (a container's
-        mounts, say) is still worth validating; the SSH fleet checks before it connects.
+        mounts, say) is still worth validating; the SSH fleet checks before it connects, and
+        ``run`` / ``check`` check more (:mod:`worker.transport.preflight`).
         """
+        problems = self.missing_files()
+        if problems:
+            raise _combine(self._source or "<inventory>", problems)
+
+    def missing_files(self) -> list[tuple[str, str, str]]:
+        """(server, field, message) for every client key, known_hosts and OMAPI key secret
+        file that does not exist (a secret file must also hold base64)."""
         problems: list[tuple[str, str, str]] = []
         for name, entry in self.servers.items():
             for i, key in enumerate(entry.client_keys):
@@ -218,8 +224,10 @@ class Inventory(BaseModel):
                     problems.append((name, f"client_keys.{i}", f"file not found: {key}"))
             if not entry.known_hosts.is_file():
                 problems.append((name, "known_hosts", f"file not found: {entry.known_hosts}"))
-        if problems:
-            raise _combine(self._source or "<inventory>", problems)
+            problem = secret_problem(entry.omapi)
+            if problem is not None:
+                problems.append((name, "omapi.key_secret_file", problem))
+        return problems
 
     def server_for_address(self, address: str) -> str | None:
         """The inventory name whose name, ``addresses`` entry or host is ``address``.
@@ -310,3 +318,11 @@ def _combine(
         )
         message = f"{message} (and {len(problems) - 1} more: {more})"
     return InventoryError(file, message, server=server, field=field)
+
+
+def inventory_problems(
+    file: Path | str, problems: Sequence[tuple[str | None, str | None, str]]
+) -> InventoryError:
+    """One :class:`InventoryError` for several (server, field, message) problems; the first
+    names the error, the others follow in its message."""
+    return _combine(file, problems)

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeVar
 
 from worker.change.ports import MAX_READ_BYTES, CommandResult, Fleet, RemoteHost
+from worker.change.running import RunningState, VerifyPolicy
 from worker.errors import (
     Ambiguous,
     CommandFailed,
@@ -270,6 +271,14 @@ class LocalFileHost:
         the live bytes still catches that).
         """
         return _FileLock(self, timeout)
+
+    @property
+    def omapi(self) -> VerifyPolicy | None:
+        """Local files have no running dhcpd: nothing to verify (dry runs only)."""
+        return None
+
+    async def failover_state(self, relationship: str) -> RunningState | None:
+        raise NotImplementedError("a LocalFileHost has no running dhcpd to ask")
 
 
 class _FileLock:

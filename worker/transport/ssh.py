@@ -24,6 +24,11 @@ What the remote account needs
   They run under ``/bin/sh -c`` with the environment the login shell exported once, when the
   agent started: ``PATH`` and other exported variables from start-up files apply, aliases and
   shell functions do not.
+* For the verify phase (an ``omapi`` table in the inventory): TCP forwarding allowed to the
+  account (OpenSSH's default ``AllowTcpForwarding yes``; ``local`` is enough, and a
+  ``PermitOpen`` must list ``127.0.0.1:<omapi.port>``). Each reading opens one
+  ``direct-tcpip`` channel to dhcpd's OMAPI on the server's loopback
+  (:mod:`worker.transport.omapi`); nothing listens on the worker's side.
 * Ideally ``ClientAliveInterval`` in sshd_config, so a lock held by a worker that vanished
   without closing its TCP connection is released within a bounded time.
 * ``MaxSessions`` (default 10) above what one worker opens on one connection: an SFTP session,
@@ -47,7 +52,9 @@ and a margin) discards the agent: the connection is then dead or wedged, and the
 Failure mapping: cannot connect / authenticate -> ``Unreachable``; host key not trusted ->
 ``HostKeyMismatch``; a command past its timeout, or a connection lost in the middle of a
 mutating step -> ``Ambiguous``; a refused file operation -> ``RemoteFileError``
-(``RemoteFileNotFound`` for a missing file).
+(``RemoteFileNotFound`` for a missing file); nothing answering OMAPI (refused, closed, no
+answer within ``connect_timeout``) -> ``OmapiUnreachable``; a key refused or missing ->
+``OmapiAuthFailed``; no relationship of that name -> ``failover_state`` returns None.
 """
 
 from __future__ import annotations
@@ -63,14 +70,16 @@ from worker.transport.commands import AgentCommands
 from worker.transport.connection import SshOptions
 from worker.transport.files import SftpFiles
 from worker.transport.inventory import Inventory
+from worker.transport.omapi import OmapiReads
 
 __all__ = ["SshFleet", "SshHost", "SshOptions"]
 
 
-class SshHost(SftpFiles, AgentCommands):
+class SshHost(SftpFiles, AgentCommands, OmapiReads):
     """One inventory server over a pooled asyncssh connection (reconnected when it dies): the
-    file operations of :mod:`worker.transport.files` and the commands and change lock of
-    :mod:`worker.transport.commands`, on the connection of :mod:`worker.transport.connection`.
+    file operations of :mod:`worker.transport.files`, the commands and change lock of
+    :mod:`worker.transport.commands` and the OMAPI readings of :mod:`worker.transport.omapi`,
+    on the connection of :mod:`worker.transport.connection`.
 
     Safe to share between concurrent changes: SSH multiplexes channels and SFTP requests.
     """
