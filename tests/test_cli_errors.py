@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from worker.cli import main
-from worker.failures import EXIT_CONFIG, EXIT_SOFTWARE, EXIT_UNAVAILABLE
+from worker.failures import EXIT_CONFIG, EXIT_IOERR, EXIT_SOFTWARE, EXIT_UNAVAILABLE
 
 
 def closed_port() -> int:
@@ -193,3 +193,12 @@ def test_an_omapi_secret_that_is_not_base64_is_reported(tmp_path: Path) -> None:
 
     assert "field 'omapi.key_secret_file'" in out
     assert "does not hold a base64 secret" in out
+
+
+def test_a_file_the_command_cannot_write_is_named(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the directory should be\n")
+
+    out = assert_one_clean_error(invoke("schemas", str(blocker / "schemas")), EXIT_IOERR)
+
+    assert f"cannot use {blocker}" in out

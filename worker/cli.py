@@ -79,7 +79,8 @@ def main(debug: bool) -> None:
     """Change or remove ISC DHCP failover relationships on both peers, from RabbitMQ.
 
     Errors print one line on stderr; exit status 69 unreachable (broker, server), 70 internal
-    error, 77 broker refused the login or vhost, 78 invalid inventory or setting.
+    error, 74 a local file unusable, 77 broker refused the login or vhost, 78 invalid
+    inventory or setting.
     """
 
 

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 #: Exit statuses of operational errors (README, "Command line").
 EXIT_UNAVAILABLE = 69  # broker or server not reachable (may fix itself: restart later)
 EXIT_SOFTWARE = 70  # a bug: the message says so and --debug shows the traceback
+EXIT_IOERR = 74  # a local file could not be read or written
 EXIT_NOPERM = 77  # the broker refused our credentials or virtual host
 EXIT_CONFIG = 78  # inventory or settings invalid
 
@@ -68,6 +69,12 @@ def explain(exc: BaseException, amqp_url: str | None = None) -> OperatorError:
             return OperatorError(str(why), EXIT_NOPERM)
         if isinstance(exc, AMQPConnectionError | OSError | TimeoutError):
             return OperatorError(unreachable_message(amqp_url, exc, None), EXIT_UNAVAILABLE)
+    if isinstance(exc, OSError) and exc.filename is not None:
+        return OperatorError(
+            f"cannot use {exc.filename}: {exc.strerror or exc} (check the path and its "
+            "permissions)",
+            EXIT_IOERR,
+        )
     detail = redact_text(f"{type(exc).__name__}: {exc}")
     return OperatorError(
         f"internal error ({detail}); this is a bug: run again with --debug for the traceback "

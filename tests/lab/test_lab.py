@@ -8,9 +8,11 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -376,20 +378,28 @@ def test_unavailable_skips_but_fails_under_ci(monkeypatch: pytest.MonkeyPatch) -
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another user")
 def test_probe_as_an_unprivileged_user_raises_lab_unavailable() -> None:
+    # The checkout and its venv may sit in a directory only root can enter (CI's mktemp -d):
+    # netns.py needs only the standard library, so the other user runs a world-readable copy
+    # of it with the system Python.
     code = (
-        "from worker.lab import LabUnavailable\n"
-        "from worker.lab.netns import probe\n"
+        "from netns import LabUnavailable, probe\n"
         "try:\n    probe('probe0')\n"
         "except LabUnavailable as e:\n    print('unavailable:', e.reason)\n"
     )
-    result = subprocess.run(
-        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        cwd=REPO,
-        check=False,
-    )
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    with tempfile.TemporaryDirectory() as copy:
+        os.chmod(copy, 0o755)
+        shutil.copy(REPO / "worker" / "lab" / "netns.py", Path(copy) / "netns.py")
+        os.chmod(Path(copy) / "netns.py", 0o644)
+        result = subprocess.run(
+            ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", python, "-c", code],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            cwd=copy,
+            env={"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")},
+            check=False,
+        )
     assert "unavailable: cannot create a network namespace as uid 65534 (not root)" in (
         result.stdout
     ), result.stderr
