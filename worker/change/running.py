@@ -73,9 +73,12 @@ class RunningState:
     """One server's OMAPI reading of one relationship. ``None`` fields were not sent.
 
     ``local_stos`` / ``partner_stos`` are when each side entered its current state (Unix
-    seconds, dhcpd's clock): a reading whose ``local_stos`` is older than the restart came from
-    the process that was replaced. ``mclt`` on a secondary is the primary's (adopted from the
-    CONNECT message). ``hierarchy`` is 0 on the primary and 1 on the secondary.
+    seconds, dhcpd's clock). A restarted dhcpd (4.4.3-P1) restores its saved state *with its
+    old time* from the lease file, so its own ``local_stos`` does not show the restart; its
+    partner saw the link drop and entered a new state, which the restarted one reports as
+    ``partner_stos`` once they talk (:mod:`worker.change.readings` judges freshness on both).
+    ``mclt`` on a secondary is the primary's (adopted from the CONNECT message).
+    ``hierarchy`` is 0 on the primary and 1 on the secondary.
     """
 
     relationship: str
