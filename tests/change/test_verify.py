@@ -340,6 +340,28 @@ async def test_an_old_pair_that_does_not_re_form_either_is_rollback_failed(
     assert result.verified is False
 
 
+async def test_a_dhcpd_dead_after_its_restart_shows_no_running_values_and_is_named(
+    world: World,
+) -> None:
+    """The event must not show the prepare-time reading of a process that was replaced:
+    ``running`` is null until the new dhcpd answers, and the error names the dead one, not
+    the partner left waiting for it (seen on the lab pair)."""
+    with_omapi(world, QUICK)
+
+    def dead(host: FakeHost, name: str, got: RunningState | None) -> RunningState | None:
+        if host.restarts > 0:
+            raise OmapiUnreachable(f"{host.name}: connection refused", server=host.name)
+        return got
+
+    world.secondary.omapi_filter = dead
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    assert result.outcome is Outcome.rollback_failed
+    assert result.error is not None and result.error.server == SECONDARY
+    assert result.servers[1].running is None
+    assert_old_files(world)
+
+
 async def test_a_pair_broken_before_the_change_is_not_required_to_re_form_after_a_rollback(
     world: World,
 ) -> None:

@@ -146,8 +146,10 @@ def verify_error(
     when: str,
 ) -> WorkerError:
     """The verify error: what each server said in the last round (``seen``, as the event
-    shows a reading), and why it fails."""
-    first = probes[bad[0]]
+    shows a reading), and why it fails. ``server`` names the first failing server that gave
+    no reading (a dead dhcpd, not the partner left waiting for it), else the first failing."""
+    silent = [i for i in bad if seen[i] is None]
+    first = probes[(silent or bad)[0]]
     problems = "; ".join(f"{probes[i].change.name}: {verdicts[i][1]}" for i in bad)
     kind = {
         "pair_not_normal": "the pair did not re-form",

@@ -60,6 +60,7 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from worker.change.commit import commit, rollback, rollback_failed_error
+from worker.change.faults import step
 from worker.change.model import ServerChange, changed_only
 from worker.change.readings import (
     Expected,
@@ -179,7 +180,9 @@ class Verification:
         for change in changed_only(self.changes):
             already = change.running_new
             started = time.time()
-            if (cause := await commit([change])) is not None:
+            cause = await commit([change])
+            self._forget(change.name)
+            if cause is not None:
                 return cause
             if already:
                 continue
@@ -192,7 +195,9 @@ class Verification:
             ]
             if failure := await self._wait(probes, f"after the restart of {change.name}"):
                 return failure
-        return await self._pair("new", restarts, lenient=set())
+        failure = await self._pair("new", restarts, lenient=set())
+        await step("verified")  # test-only (worker/change/faults.py)
+        return failure
 
     async def rollback(self, request_id: str, cause: WorkerError) -> WorkerError | None:
         """Roll back (:func:`~worker.change.commit.rollback`), then verify the old pair; the
@@ -200,7 +205,10 @@ class Verification:
         changes = self.changes
         started = time.time()
         restarting = [c.name for c in changed_only(changes) if c.restart_attempted]
-        if not await rollback(changes, request_id, cause):
+        rolled_back = await rollback(changes, request_id, cause)
+        for name in restarting:
+            self._forget(name)
+        if not rolled_back:
             return rollback_failed_error(changes, cause)
         lenient = {n for n in self._names() if not self._formed_before(n)}
         failure = await self._pair("old", dict.fromkeys(restarting, started), lenient)
@@ -223,6 +231,12 @@ class Verification:
                 "verify": failure.to_info().model_dump(mode="json"),
             },
         )
+
+    def _forget(self, server: str) -> None:
+        """Drop ``server``'s readings once it may have restarted: ``running`` must never show
+        a reading of the process that was replaced (null until a new one answers)."""
+        for key in [k for k in self._last if k[0] == server]:
+            del self._last[key]
 
     async def _pair(
         self, version: Version, restarts: dict[str, float], lenient: set[str]
