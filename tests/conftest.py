@@ -19,6 +19,7 @@ pytest_plugins: list[str] = [
     "tests.fixtures.broker",
     "tests.fixtures.markers",
     "tests.fixtures.lab",
+    "tests.fixtures.cluster",
 ]
 
 REPO = Path(__file__).resolve().parent.parent

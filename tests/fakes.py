@@ -166,6 +166,10 @@ class FakeHost:
         self.started = time.time()
         return CommandResult("restart", 0, "", "")
 
+    def lock_lost(self) -> bool:
+        """The fake's lock is an asyncio lock in the same process: never lost."""
+        return False
+
     async def failover_state(self, relationship: str) -> RunningState | None:
         self._check()
         try:

@@ -12,15 +12,14 @@ import signal
 import sys
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
+from worker.cli_common import AMQP_URL_KEY, modify_flags, settings_for
 from worker.failures import EXIT_UNAVAILABLE, OperatorError, debug_requested, explain
 from worker.messages import MODIFY_COMMAND, REMOVE_COMMAND, Outcome
-
-if TYPE_CHECKING:
-    from worker.settings import Settings
+from worker.rollout.cli import rollout
 
 #: ``publish --wait`` exit status by outcome; 124 when no event arrived in time.
 EXIT_BY_OUTCOME = {
@@ -53,19 +52,7 @@ def _failure(ctx: click.Context, exc: Exception) -> OperatorError:
 
     if debug_requested(bool(ctx.find_root().params.get("debug"))):
         traceback.print_exception(exc)
-    return explain(exc, ctx.meta.get(_AMQP_URL))
-
-
-_AMQP_URL = "dhcp_failover.amqp_url"
-
-
-def _settings(ctx: click.Context) -> Settings:
-    """The settings from the environment; remembers the broker URL for error messages."""
-    from worker.settings import Settings
-
-    settings = Settings()
-    ctx.meta[_AMQP_URL] = settings.amqp_url
-    return settings
+    return explain(exc, ctx.meta.get(AMQP_URL_KEY))
 
 
 @click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
@@ -103,7 +90,7 @@ def run(ctx: click.Context, inventory: Path | None) -> None:
     from worker.logging import configure_logging, get_logger
     from worker.service import serve
 
-    settings = _settings(ctx)
+    settings = settings_for(ctx)
     if inventory is not None:
         settings = settings.model_copy(update={"inventory": inventory})
     configure_logging(settings)
@@ -157,7 +144,7 @@ def check(ctx: click.Context, inventory: Path, connect: bool) -> None:
     from worker.check import check_servers
     from worker.logging import configure_logging
 
-    settings = _settings(ctx)
+    settings = settings_for(ctx)
     configure_logging(settings, level="error")
     rows = asyncio.run(check_servers(checked, settings))
     table = Table("server", "reachable", "host key", "validate", "omapi")
@@ -180,7 +167,7 @@ def check(ctx: click.Context, inventory: Path, connect: bool) -> None:
 def _publish(body: dict[str, Any], routing_key: str, wait: bool, timeout: float) -> None:
     from worker.consumer.client import publish_request
 
-    settings = _settings(click.get_current_context())
+    settings = settings_for(click.get_current_context())
     request_id = body["requestId"]
     event = asyncio.run(
         publish_request(
@@ -246,12 +233,7 @@ def publish() -> None:
 @click.option("--name", required=True, help="Relationship name (Name).")
 @click.option("--primary-server", required=True, help="Inventory name (PrimaryServer).")
 @click.option("--secondary-server", required=True, help="Inventory name (SecondaryServer).")
-@click.option("--mclt", type=int, help="Mclt, seconds (primary only).")
-@click.option("--port", type=int, help="Port: primary's port, secondary's peer port.")
-@click.option("--partner-port", type=int, help="PartnerPort: secondary's port (default: Port).")
-@click.option("--load-balance-max-seconds", type=int, help="LoadBalanceMaxSeconds.")
-@click.option("--max-response-delay", type=int, help="MaxResponseDelay, seconds.")
-@click.option("--max-unacked-updates", type=int, help="MaxUnackedUpdates.")
+@modify_flags
 @_with_common
 def publish_modify(
     name: str,
@@ -389,6 +371,8 @@ def demo(workdir: Path | None) -> None:
 
     sys.exit(asyncio.run(run_demo(workdir)))
 
+
+main.add_command(rollout)  # worker/rollout/cli.py: fleet changes through the queue
 
 if __name__ == "__main__":
     main()

@@ -129,6 +129,16 @@ class LockTimeout(Failed):
     code = "lock_timeout"
 
 
+class LockLost(Failed):
+    """A change lock vanished with its SSH connection: the step was refused, not run.
+
+    The coordinator never announces an outcome decided without its locks: it takes them
+    again and finishes the change from the journals (docs/design.md §4).
+    """
+
+    code = "lock_lost"
+
+
 class ValidationFailed(Failed):
     """``dhcpd -t`` refused a candidate; ``detail`` holds dhcpd's own output and line."""
 

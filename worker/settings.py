@@ -5,8 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def split_urls(text: str) -> tuple[str, ...]:
+    """The URLs of a comma-separated list, blanks dropped (a comma inside a password is
+    written ``%2C``)."""
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 class Settings(BaseSettings):
@@ -16,7 +22,8 @@ class Settings(BaseSettings):
 
     amqp_url: str = Field(
         default="amqp://guest:guest@localhost:5672/",
-        description="RabbitMQ URL (credentials are never logged).",
+        description="RabbitMQ URL, or a comma-separated list of URLs naming the nodes of a "
+        "cluster (worker/consumer/connect.py); credentials are never logged.",
     )
     request_exchange: str = "dhcp.failover"
     request_queue: str = "dhcp.failover.requests"
@@ -59,6 +66,19 @@ class Settings(BaseSettings):
 
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _some_amqp_url(cls, value: str) -> str:
+        if not split_urls(value):
+            raise ValueError("no AMQP URL: give one, or a comma-separated list for a cluster")
+        return value
+
+    @property
+    def amqp_urls(self) -> tuple[str, ...]:
+        """:attr:`amqp_url` as the list of broker URLs it names, in order (one for a single
+        broker). Log them through ``worker.consumer.connect.describe_urls``: each redacted."""
+        return split_urls(self.amqp_url)
 
     @property
     def reply_prefixes(self) -> tuple[str, ...]:

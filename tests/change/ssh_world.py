@@ -95,6 +95,9 @@ class Probe:
     async def failover_state(self, relationship: str) -> RunningState | None:
         return await self.inner.failover_state(relationship)
 
+    def lock_lost(self) -> bool:
+        return self.inner.lock_lost()
+
 
 class _ProbeLock(AbstractAsyncContextManager[None]):
     def __init__(self, probe: Probe, inner: AbstractAsyncContextManager[None]) -> None:

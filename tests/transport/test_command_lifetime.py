@@ -17,7 +17,7 @@ from tests.fixtures.sshd import LocalHostsFactory
 from tests.transport.support import fleet_for, gone, inventory_file, processes, wait_until_locked
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHosts
-from worker.errors import Ambiguous, LockTimeout
+from worker.errors import Ambiguous, LockLost, LockTimeout
 from worker.transport import SshOptions
 from worker.transport.agent import AGENT_COMMAND, GONE_WAIT, KILL_GRACE
 
@@ -177,7 +177,7 @@ async def test_without_gnu_timeout_the_worker_gives_up_and_the_agent_ends_the_co
             with pytest.raises(Ambiguous) as caught:
                 await host.restart()
             assert "past its 1s timeout" in caught.value.message
-            with pytest.raises(Ambiguous) as refused:  # its agent held the lock: both gone
+            with pytest.raises(LockLost) as refused:  # its agent held the lock: both gone
                 await host.validate(host.config_path)
             assert "lock was lost" in refused.value.message
         assert await gone(pair, "sleep 60", within=GONE_WAIT + KILL_GRACE + 3)

@@ -21,8 +21,8 @@ from tests.transport.support import wait_until_locked
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY, sample_config, sample_configs
 from worker.demo.localhosts import LocalHost, LocalHosts
 from worker.errors import (
-    Ambiguous,
     HostKeyMismatch,
+    LockLost,
     LockTimeout,
     RemoteFileNotFound,
     RemoteFileTooLarge,
@@ -290,10 +290,11 @@ async def test_operations_refuse_to_continue_once_the_lock_connection_is_lost(
     async with host.lock(5):
         _drop_connections(local)
         await asyncio.sleep(0.3)
-        with pytest.raises(Ambiguous) as caught:
+        assert host.lock_lost()
+        with pytest.raises(LockLost) as caught:
             await host.write(local.config_dir.joinpath("candidate.conf").as_posix(), b"x\n")
         assert "lock was lost" in caught.value.message
-        with pytest.raises(Ambiguous):
+        with pytest.raises(LockLost):
             await host.restart()
     assert not local.config_dir.joinpath("candidate.conf").exists()
     assert local.restarts() == []

@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from worker.change.aio import all_of
+from worker.change.faults import step
 from worker.change.journal import Step, restore_path, save_journal
 from worker.change.model import FileChange, FileState, ServerChange, changed_only
 from worker.change.ports import CommandResult, RemoteHost
@@ -106,11 +107,13 @@ async def _commit_server(change: ServerChange) -> None:
     await all_of([host.link(f.path, f.backup) for f in pending])
     for f in pending:
         f.linked = True
+    await step("backed_up")  # test-only (worker/change/faults.py)
     for f in pending:
         f.state = "unknown"  # a rename that raises may or may not have happened
         await host.replace(f.staged, f.path)
         f.state = "new"
         change.temps.discard(f.staged)
+        await step("renamed")  # test-only (worker/change/faults.py)
     log.info("commit.replaced", server=change.name, files=[f.path for f in pending])
     change.restart_attempted = True
     result = await host.restart()
@@ -118,6 +121,7 @@ async def _commit_server(change: ServerChange) -> None:
         raise restart_error(change.name, result, Phase.commit)
     change.restarted = change.running_new = True
     log.info("commit.restarted", server=change.name, duration_ms=result.duration_ms)
+    await step("restarted")  # test-only (worker/change/faults.py)
 
 
 # -- rollback --------------------------------------------------------------------------------

@@ -85,16 +85,17 @@ import structlog
 from worker.change import recovery
 from worker.change.aio import run_to_end
 from worker.change.commit import as_worker_error, rollback_failed_error
+from worker.change.faults import step
 from worker.change.finish import clean_up, complete, record_outcome, servers_of
 from worker.change.journal import Journal, find_journal, remove_running_journal
-from worker.change.locks import hold_locks
+from worker.change.locks import hold_locks, lost_locks, refuse_without_locks
 from worker.change.model import ServerChange, changed_only
 from worker.change.planning import anchors, check_request_id, plan_when_others_end, prefetch
 from worker.change.ports import Fleet
-from worker.change.prepare import discard, prepare, start_rechecks
+from worker.change.prepare import discard, discard_relocked, prepare, start_rechecks
 from worker.change.run import Announce, ChangeOptions, Run
 from worker.change.verify import Verification
-from worker.errors import LockTimeout, Rejected, WorkerError
+from worker.errors import LockLost, LockTimeout, Rejected, WorkerError
 from worker.messages import ModifyRequest, Outcome, Phase, RemoveRequest, ResultData, WarningInfo
 
 __all__ = ["Announce", "ChangeOptions", "Preview", "execute", "preview"]
@@ -102,6 +103,8 @@ __all__ = ["Announce", "ChangeOptions", "Preview", "execute", "preview"]
 log = structlog.stdlib.get_logger(__name__)
 
 DEFAULT_OPTIONS = ChangeOptions()
+#: Times one request takes its locks again after an SSH cut took them before it ends.
+LOCK_LOST_RETRIES = 3
 
 
 async def execute(
@@ -149,10 +152,21 @@ async def _execute(run: Run) -> ResultData:
             check_request_id(run.request_id)
         except Rejected as exc:
             return run.done(run.result(Outcome.rejected, [], exc))
+        cuts = 0
         try:
             while True:
                 try:
                     return run.done(await _attempt(run))
+                except LockLost as exc:  # never an outcome decided without the locks
+                    cuts += 1
+                    if cuts > LOCK_LOST_RETRIES:
+                        error = as_worker_error(exc, Phase.prepare)
+                        return run.done(
+                            run.result(Outcome.failed, run.planned, error, run.warnings)
+                        )
+                    log.warning("change.lock_lost", server=exc.server, attempt=cuts)
+                    await asyncio.sleep(0.5 * cuts)
+                    run.restart()  # takes the locks again; the journals say where it stood
                 except LockTimeout as exc:
                     mine = await _own_change(run, exc)
                     if isinstance(mine, ResultData):
@@ -189,7 +203,7 @@ async def _attempt(run: Run) -> ResultData:
             previous = await _resume_previous(run)
             if previous is not None:
                 return previous
-    except LockTimeout:
+    except (LockTimeout, LockLost):
         raise
     except Rejected as exc:
         return run.result(Outcome.rejected, [], exc)
@@ -197,6 +211,7 @@ async def _attempt(run: Run) -> ResultData:
         return run.result(Outcome.failed, [], as_worker_error(exc, Phase.plan))
     if not any(c.changed for c in changes):
         return run.result(Outcome.succeeded, changes, None, warnings)
+    await step("planned")  # test-only (worker/change/faults.py)
     try:
         async with hold_locks([c.host for c in changes], run.options.lock_timeout):
             if not request.dry_run:
@@ -204,7 +219,7 @@ async def _attempt(run: Run) -> ResultData:
                 if (previous := await _replay(run, changes)) is not None:
                     return previous
             return await _prepare_and_commit(run, changes, warnings)
-    except LockTimeout:
+    except (LockTimeout, LockLost):
         raise
     except Exception as exc:  # only taking a lock or reading a journal can raise here
         error = as_worker_error(exc, Phase.prepare)
@@ -242,11 +257,14 @@ async def _prepare_and_commit(
         raise
     except Exception as exc:
         error = as_worker_error(exc, Phase.prepare)
-        warnings = warnings + await discard(changes)
+        warnings = warnings + await discard_relocked(changes, run.options.lock_timeout)
         return check.report(run.result(Outcome.failed, changes, error, warnings))
-    if run.request.dry_run:
-        warnings = warnings + await discard(changes)
-        return check.report(run.result(Outcome.succeeded, changes, None, warnings))
+    if run.request.dry_run or (lost := lost_locks(c.host for c in changes)):
+        warnings = warnings + await discard_relocked(changes, run.options.lock_timeout)
+        if run.request.dry_run:
+            return check.report(run.result(Outcome.succeeded, changes, None, warnings))
+        error = LockLost(f"the change locks of {', '.join(lost)} were lost before the commit")
+        return check.report(run.result(Outcome.failed, changes, error, warnings))
     return await run_to_end(_commit_and_finish(run, check, warnings))
 
 
@@ -380,6 +398,7 @@ async def _finish(
     it, then clean up and prune. A problem after the record is only logged: every later run
     of the request answers with exactly the recorded result."""
     changes, warnings = check.changes, list(warnings)
+    refuse_without_locks(c.host for c in changes)
     if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
         warnings += [
             WarningInfo(code="rollback_problem", message=p, server=c.name)
@@ -391,6 +410,8 @@ async def _finish(
     unrecorded = await record_outcome(changes, result)
     if journaled and len(unrecorded) == len(journaled):  # nowhere yet: one more try
         unrecorded = await record_outcome([c for c in changes if c.name in unrecorded], result)
+    refuse_without_locks(c.host for c in changes)
+    await step("recorded")  # test-only (worker/change/faults.py)
     result = run.announced(result)
     # From here the outcome is final (recorded, maybe published): what goes wrong while
     # tidying up is logged, never part of it.

@@ -14,24 +14,27 @@ call of that step in the process (default the first):
   connections meanwhile, then lets the change go on.
 
 The variables are read once, at import; unset (production), :func:`step` returns at once.
-Nothing else in the worker reads them. The steps, in the order a change reaches them (``:N``
-counts per process; the servers of a change prepare at once, so ``staged:2`` means "both
-staged", and commit goes server by server, so ``renamed:2`` is the second server's):
+Nothing else in the worker reads them. The fault logs ``fault.injected`` (step, occurrence,
+action) just before it acts, so a test can tell its kill from any other death.
 
-==================  ==========================================================  ===========
-step                reached                                                     where
-==================  ==========================================================  ===========
-``planned``         the plan is computed, something changes; no lock yet        coordinator
-``staged``          one server's candidates written beside its live files       prepare
-``validated``       one server's candidates passed its ``validate_command``     prepare
-``journaled``       one server's journal written                                prepare
-``backed_up``       one server's live files hard-linked as backups              commit
-``renamed``         one live file replaced by its candidate                     commit
-``restarted``       one server restarted on its new files                       commit
-``verified``        the verify phase is over (a no-op without ``omapi``)        verify
-``recorded``        the outcome is in the done records, not yet announced       coordinator
-``published``       the event is confirmed by the broker, the request not acked  consumer
-==================  ==========================================================  ===========
+The steps, in the order a change reaches them (``:N`` counts per process; the servers of a
+change prepare at once, so ``staged:2`` means "both staged", and commit goes server by
+server, so ``renamed:2`` is the second server's):
+
+=============  ===========================================================  ===========
+step           reached                                                      where
+=============  ===========================================================  ===========
+``planned``    the plan is computed, something changes; no lock yet         coordinator
+``staged``     one server's candidates written beside its live files        prepare
+``validated``  one server's candidates passed its ``validate_command``      prepare
+``journaled``  one server's journal written                                 prepare
+``backed_up``  one server's live files hard-linked as backups               commit
+``renamed``    one live file replaced by its candidate                      commit
+``restarted``  one server restarted on its new files                        commit
+``verified``   the verify phase is over (a no-op without ``omapi``)         verify
+``recorded``   the outcome is in the done records, not yet announced        coordinator
+``published``  the event is confirmed by the broker; the request not acked  consumer
+=============  ===========================================================  ===========
 
 The outcome is recorded before it is announced (docs/design.md §3, Finish), so "after
 recording, before publish" is ``recorded`` and "after publish, before ack" is ``published``.
@@ -45,6 +48,10 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import structlog
+
+log = structlog.stdlib.get_logger(__name__)
 
 AT_VARIABLE = "DHCP_FAILOVER_FAULT_AT"
 ACTION_VARIABLE = "DHCP_FAILOVER_FAULT_ACTION"
@@ -120,6 +127,7 @@ async def step(name: str) -> None:
     _seen[name] = count = _seen.get(name, 0) + 1
     if count != fault.occurrence:
         return
+    log.warning("fault.injected", step=name, occurrence=count, action=fault.action)
     if fault.action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     assert fault.directory is not None  # Fault.parse requires it for a pause

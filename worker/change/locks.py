@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 
 from worker.change.ports import RemoteHost
-from worker.errors import LockTimeout
+from worker.errors import LockLost, LockTimeout
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -93,6 +93,32 @@ async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[
         await release(type(exc), exc, exc.__traceback__)
         raise
     await release(None, None, None)
+
+
+def lost_locks(hosts: Iterable[RemoteHost]) -> list[str]:
+    """The servers whose change lock this task held and lost with its connection."""
+    return sorted({h.name for h in hosts if h.lock_lost()})
+
+
+def refuse_without_locks(hosts: Iterable[RemoteHost]) -> None:
+    """An outcome reached after an SSH cut took a lock (steps refused on that server) is not
+    recorded or announced: ``LockLost`` makes the coordinator take the locks again and end
+    the change from its journals, as a redelivery would."""
+    if lost := lost_locks(hosts):
+        raise LockLost(f"the change locks of {', '.join(lost)} were lost", server=lost[0])
+
+
+@asynccontextmanager
+async def relocked(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[None]:
+    """The body under every lock this task holds again: those an SSH cut took are taken
+    anew (:func:`hold_locks`), the others are still held."""
+    lost = [h for h in hosts if h.lock_lost()]
+    if not lost:
+        yield
+        return
+    log.warning("lock.retaken", servers=sorted(h.name for h in lost))
+    async with hold_locks(lost, wait):
+        yield
 
 
 def _releaser(

@@ -110,6 +110,12 @@ class RemoteHost(Protocol):
         """Hold the server's change lock for the ``async with`` body; bounded wait."""
         ...
 
+    def lock_lost(self) -> bool:
+        """True when the current task held this host's change lock (:meth:`lock`) and it
+        vanished with the connection: every step on the host is then refused (``LockLost``)
+        until the lock is taken again."""
+        ...
+
     @property
     def omapi(self) -> VerifyPolicy | None:
         """How to verify the running dhcpd (the inventory's ``omapi`` table); None when the

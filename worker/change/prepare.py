@@ -11,20 +11,24 @@ never went live is discarded here too (:func:`discard`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import posixpath
 from collections.abc import Sequence
 
 import structlog
 
 from worker.change.aio import all_of
+from worker.change.faults import step
 from worker.change.finish import cleanup_failed, remove_temps
-from worker.change.journal import Journal, Step, delete_journal, save_journal
+from worker.change.journal import Journal, Step, delete_journal, prune_temps, save_journal
+from worker.change.locks import lost_locks, relocked
 from worker.change.model import ServerChange, changed_only
 from worker.change.planning import refuse_if_unfinished
 from worker.change.run import Run
 from worker.change.snapshot import Snapshot, sha256_hex
 from worker.change.staging import validate_tree
 from worker.change.verify import Verification
-from worker.errors import ConcurrentChange
+from worker.errors import ConcurrentChange, LockLost
 from worker.messages import WarningInfo
 
 log = structlog.stdlib.get_logger("worker.change.coordinator")
@@ -105,11 +109,13 @@ async def _stage_and_validate(run: Run, change: ServerChange) -> None:
         candidates.append(host.write(f.staged, f.after, like=f.path))
     await all_of(candidates)
     if change.changed:
+        await step("staged")  # test-only (worker/change/faults.py)
         changed = [f.path for f in change.files]
         await validate_tree(
             host, change.main, change.after_texts, changed, run.request_id, change.temps
         )
         log.info("prepare.validated", server=change.name, files=changed)
+        await step("validated")  # test-only (worker/change/faults.py)
 
 
 async def _save_new_journal(change: ServerChange, journal: Journal | None) -> None:
@@ -118,6 +124,7 @@ async def _save_new_journal(change: ServerChange, journal: Journal | None) -> No
         return
     change.journal = journal  # set first: a failed or cut-off write is cleaned up too
     await save_journal(change.host, journal)
+    await step("journaled")  # test-only (worker/change/faults.py)
 
 
 def new_journals(
@@ -156,3 +163,40 @@ async def discard(changes: Sequence[ServerChange]) -> list[WarningInfo]:
             log.warning("cleanup.failed", server=change.name, error=str(exc))
             problems.append(cleanup_failed(change, exc))
     return problems
+
+
+async def discard_relocked(changes: Sequence[ServerChange], wait: float) -> list[WarningInfo]:
+    """:func:`discard`, under the locks again where an SSH cut took them, with the temp files
+    of the writes the cut broke off. A cut is noticed server by server, so each pass takes
+    again what was found lost (the locks taken stay held until the end); if they cannot be
+    taken, the leftovers stay for a later run of this request id to clear."""
+    hosts = [c.host for c in changes]
+    problems: list[WarningInfo] = []
+    cut = False
+    try:
+        async with contextlib.AsyncExitStack() as held:
+            for _ in range(3):
+                cut = cut or bool(lost_locks(hosts))
+                await held.enter_async_context(relocked(hosts, wait))
+                problems = await discard(changes)
+                if lost_locks(hosts):
+                    continue
+                if not cut:
+                    return problems
+                try:
+                    await _remove_cut_writes(changes)
+                except LockLost:
+                    continue
+                return problems
+    except Exception as exc:
+        log.error("change.discard_failed", error=str(exc))
+        return [WarningInfo(code="cleanup_failed", message=f"staged files kept: {exc}")]
+    return problems
+
+
+async def _remove_cut_writes(changes: Sequence[ServerChange]) -> None:
+    """The temp files of writes an SSH cut broke off, beside the change's files (under the
+    lock: no other change writes there now)."""
+    for change in changed_only(changes):
+        for directory in sorted({posixpath.dirname(f.path) for f in change.files}):
+            await prune_temps(change.host, directory, await change.host.listdir(directory))

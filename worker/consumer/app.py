@@ -46,12 +46,13 @@ from typing import Any
 from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
-from worker.consumer.connect import connect_with_retry
+from worker.change.faults import step
+from worker.consumer.connect import connect_with_retry, describe_urls
 from worker.consumer.events import EventPublisher, Outgoing, PublishFailed, reply_allowed
 from worker.consumer.intake import Delivery, read_delivery
 from worker.consumer.results import Handler, encode_result, run_handler
 from worker.consumer.topology import declare_topology
-from worker.logging import bind_request, get_logger, redact_url
+from worker.logging import bind_request, get_logger
 from worker.messages import ResultData
 from worker.settings import Settings
 
@@ -240,6 +241,7 @@ class _Consumer:
 
         async def tail() -> None:
             published = await publication.task
+            await step("published")  # test-only (worker/change/faults.py)
             await settle(message, decide(published=published, poison=publication.poison))
 
         task = asyncio.create_task(tail())
@@ -284,19 +286,19 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
     ``BrokerRefused`` at once for a refused login or vhost); afterwards a lost connection is
     re-established by aio-pika and the topology and consumer are restored.
     """
-    log.info("connecting", amqp_url=redact_url(settings.amqp_url))
+    log.info("connecting", amqp_url=describe_urls(settings.amqp_urls))
     name = f"dhcp-failover-worker {socket.gethostname()}:{os.getpid()}"
     async with contextlib.AsyncExitStack() as connections:
         connection = await connections.enter_async_context(
             await connect_with_retry(
-                settings.amqp_url, startup_timeout=settings.startup_timeout, connection_name=name
+                settings.amqp_urls, startup_timeout=settings.startup_timeout, connection_name=name
             )
         )
         # Replies go out on a connection of their own: a forged reply_to can make the broker
         # close the publishing connection (worker/consumer/events.py).
         replies = await connections.enter_async_context(
             await connect_with_retry(
-                settings.amqp_url,
+                settings.amqp_urls,
                 startup_timeout=settings.startup_timeout,
                 connection_name=f"{name} replies",
             )

@@ -6,7 +6,8 @@ the same event it publishes to the event exchange there (the broker names that q
 ``amq.gen-...``, the worker's default ``reply_to_prefixes``: a worker configured without
 that prefix sends no reply, and ``--wait`` times out). The topology is declared first
 (idempotently), so a request published before any worker ever ran waits in its queue instead
-of being dropped by an exchange with no binding.
+of being dropped by an exchange with no binding. With a list of broker URLs (a cluster) the
+request goes to the first node that answers (:func:`~worker.consumer.connect.connect_first`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 
+from worker.consumer.connect import connect_first
 from worker.consumer.events import decode_event
 from worker.consumer.topology import declare_topology
 from worker.messages import ResultEvent
@@ -51,7 +53,7 @@ async def publish_request(
     """
     body_id = body.get("requestId")
     mid = message_id or (body_id if isinstance(body_id, str) and body_id else str(uuid.uuid4()))
-    connection = await aio_pika.connect(settings.amqp_url)
+    connection = await connect_first(settings.amqp_urls)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         topology = await declare_topology(channel, settings)

@@ -305,7 +305,18 @@ class _ChangeLock(AbstractAsyncContextManager[None]):
         self._token: contextvars.Token[Mapping[ServerConnection, _HeldLock]] | None = None
 
     async def __aenter__(self) -> None:
-        self._held = await self._host._acquire(self._timeout)
+        # Taken again (its lock was lost): acquire as a task without it, and put the lost one
+        # back if that fails. Each update is a fresh mapping set between awaits, never a
+        # reset: the locks of one change are taken by tasks sharing one context.
+        lost = _HELD_LOCKS.get().get(self._host)
+        if lost is not None:
+            _HELD_LOCKS.set({h: v for h, v in _HELD_LOCKS.get().items() if h is not self._host})
+        try:
+            self._held = await self._host._acquire(self._timeout)
+        except BaseException:
+            if lost is not None:
+                _HELD_LOCKS.set({**_HELD_LOCKS.get(), self._host: lost})
+            raise
         self._token = _HELD_LOCKS.set({**_HELD_LOCKS.get(), self._host: self._held})
 
     async def __aexit__(

@@ -19,7 +19,7 @@ from types import MappingProxyType
 import asyncssh
 import structlog
 
-from worker.errors import Ambiguous, HostKeyMismatch, Unreachable
+from worker.errors import HostKeyMismatch, LockLost, Unreachable
 from worker.settings import Settings
 from worker.transport.agent import Agent
 from worker.transport.inventory import ServerEntry
@@ -258,11 +258,16 @@ class ServerConnection:
         held = _HELD_LOCKS.get().get(self)
         return None if held is None or held.released else held
 
+    def lock_lost(self) -> bool:
+        """The current task held this host's change lock and it vanished with its
+        connection (see :meth:`RemoteHost.lock_lost`)."""
+        held = self._held_lock()
+        return held is not None and held.lost
+
     def _check_lock(self) -> None:
         """Refuse to act for a change whose lock on this host vanished with its connection."""
-        held = self._held_lock()
-        if held is not None and held.lost:
-            raise Ambiguous(
+        if self.lock_lost():
+            raise LockLost(
                 f"{self._name}: the change lock was lost (its SSH connection dropped); "
                 "refusing to continue without it",
                 server=self._name,

@@ -272,6 +272,10 @@ class LocalFileHost:
         """
         return _FileLock(self, timeout)
 
+    def lock_lost(self) -> bool:
+        """A local ``flock`` cannot vanish under a live process."""
+        return False
+
     @property
     def omapi(self) -> VerifyPolicy | None:
         """Local files have no running dhcpd: nothing to verify (dry runs only)."""
