@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from worker.cli_common import AMQP_URL_KEY, modify_flags, settings_for
+from worker.cli_common import AMQP_URL_KEY, deconfigure_action, modify_flags, settings_for
 from worker.failures import EXIT_UNAVAILABLE, OperatorError, debug_requested, explain
 from worker.messages import MODIFY_COMMAND, REMOVE_COMMAND, Outcome
 from worker.rollout.cli import rollout
@@ -276,13 +276,7 @@ def publish_modify(
     multiple=True,
     help="Relationship name (Name); repeat to remove several as one change.",
 )
-@click.option(
-    "--deconfigure-action",
-    type=click.Choice(["None", "Disable", "Delete"]),
-    default="Disable",
-    show_default=True,
-    help="What happens to the secondary's scopes (DeconfigureAction).",
-)
+@deconfigure_action
 @_with_common
 def publish_remove(
     server: str,

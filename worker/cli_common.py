@@ -31,6 +31,16 @@ MODIFY_FLAGS = (
 )
 
 
+#: ``RemoveDHCPFailoverRelationships``' DeconfigureAction, for ``publish`` and ``rollout``.
+deconfigure_action = click.option(
+    "--deconfigure-action",
+    type=click.Choice(["None", "Disable", "Delete"]),
+    default="Disable",
+    show_default=True,
+    help="What happens to the secondary's scopes (DeconfigureAction).",
+)
+
+
 def modify_flags(f: F) -> F:
     """Add :data:`MODIFY_FLAGS` to a command."""
     for option in reversed(MODIFY_FLAGS):

@@ -35,6 +35,21 @@ class RequestNotRouted(Exception):
     """The broker found no queue for the routing key (it does not match the binding)."""
 
 
+def request_message(
+    body: Mapping[str, Any], message_id: str, reply_to: str | None
+) -> aio_pika.Message:
+    """A request as the worker expects it: persistent JSON, ``message_id`` and
+    ``correlation_id`` the id its reply is matched on, ``reply_to`` the reply queue if any."""
+    return aio_pika.Message(
+        body=json.dumps(dict(body), ensure_ascii=False).encode(),
+        content_type=REQUEST_CONTENT_TYPE,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message_id,
+        correlation_id=message_id,
+        reply_to=reply_to,
+    )
+
+
 async def publish_request(
     settings: Settings,
     body: Mapping[str, Any],
@@ -66,14 +81,7 @@ async def publish_request(
             await queue.consume(_reply_matcher(mid, reply), no_ack=True)
             reply_to = queue.name
 
-        message = aio_pika.Message(
-            body=json.dumps(dict(body), ensure_ascii=False).encode(),
-            content_type=REQUEST_CONTENT_TYPE,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=mid,
-            correlation_id=mid,
-            reply_to=reply_to,
-        )
+        message = request_message(body, mid, reply_to)
         try:
             await topology.request_exchange.publish(message, routing_key, mandatory=True)
         except PublishError as exc:

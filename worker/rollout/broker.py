@@ -15,16 +15,14 @@ rollout finds their outcomes in the servers' journals.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-import aio_pika
 from aio_pika.abc import AbstractConnection, AbstractExchange, AbstractIncomingMessage
 from aio_pika.exceptions import PublishError
 
-from worker.consumer.client import REQUEST_CONTENT_TYPE, RequestNotRouted
+from worker.consumer.client import RequestNotRouted, request_message
 from worker.consumer.connect import BrokerUnavailable, connect_first, describe_urls
 from worker.consumer.events import decode_event
 from worker.consumer.topology import declare_topology
@@ -82,14 +80,7 @@ class RequestChannel:
         reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._waiting[request_id] = reply
         try:
-            message = aio_pika.Message(
-                body=json.dumps(dict(body), ensure_ascii=False).encode(),
-                content_type=REQUEST_CONTENT_TYPE,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=request_id,
-                correlation_id=request_id,
-                reply_to=self._reply_to,
-            )
+            message = request_message(body, request_id, self._reply_to)
             try:
                 await self._exchange.publish(message, routing_key, mandatory=True)
             except PublishError as exc:

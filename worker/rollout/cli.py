@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from worker.cli_common import modify_flags, settings_for
+from worker.cli_common import deconfigure_action, modify_flags, settings_for
 
 if TYPE_CHECKING:
     from worker.rollout.display import Display
@@ -147,13 +147,7 @@ def rollout_modify(
 
 
 @rollout.command("remove")
-@click.option(
-    "--deconfigure-action",
-    type=click.Choice(["None", "Disable", "Delete"]),
-    default="Disable",
-    show_default=True,
-    help="What happens to each secondary's scopes (DeconfigureAction).",
-)
+@deconfigure_action
 @_shared
 def rollout_remove(ctx: click.Context, deconfigure_action: str, **options: Any) -> None:
     """Remove every selected relationship from both its peers."""
