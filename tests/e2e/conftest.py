@@ -9,7 +9,6 @@ this process until the test ends.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ import structlog
 from aio_pika.abc import AbstractConnection
 
 from tests.consumer.support import EventTap, wait_for_consumer
+from tests.e2e.support import stop_serving
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.consumer.client import publish_request
 from worker.demo import PRIMARY, SECONDARY
@@ -114,12 +114,4 @@ async def serve_on(
     try:
         yield start
     finally:
-        stop.set()
-        for task in tasks:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), 30)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                raise
+        await stop_serving(stop, tasks)

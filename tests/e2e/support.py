@@ -7,6 +7,7 @@ the consumer and coordinator tests' own helpers are imported, not copied.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import fcntl
 import json
@@ -200,3 +201,16 @@ def record_restart_order(hosts: LocalHosts) -> Path:
 
 def restart_order(timeline: Path) -> list[str]:
     return timeline.read_text().split() if timeline.exists() else []
+
+
+async def stop_serving(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    """Stop in-process workers as SIGTERM stops them; cancelled (and an error) only past 30 s."""
+    stop.set()
+    for task in tasks:
+        try:
+            await asyncio.wait_for(asyncio.shield(task), 30)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            raise

@@ -9,7 +9,6 @@ checks use the lab's own OMAPI reads (``Lab.failover_state``), its files and its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import shlex
 import time
@@ -27,7 +26,7 @@ from aio_pika.abc import AbstractConnection
 from tests.change.helpers import sha
 from tests.consumer.support import CheckedEvent, EventTap, wait_for_consumer
 from tests.e2e import conftest as e2e
-from tests.e2e.support import rewrite_restart_command
+from tests.e2e.support import rewrite_restart_command, stop_serving
 from tests.fixtures.lab import NORMAL_TIMEOUT
 from worker.consumer.client import publish_request
 from worker.lab import Lab, as_int
@@ -282,15 +281,7 @@ async def lab_worker(
     try:
         yield start
     finally:
-        stop.set()
-        for task in tasks:
-            try:
-                await asyncio.wait_for(asyncio.shield(task), 30)
-            except TimeoutError:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
-                raise
+        await stop_serving(stop, tasks)
 
 
 NORMAL_NORMAL = ("normal", "normal")
