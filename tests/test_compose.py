@@ -3,15 +3,19 @@ every service, volume, file and setting it names must be one the worker really r
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.test_metrics import free_port
+from worker.health import Readiness, serving
 from worker.settings import Settings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -91,3 +95,35 @@ def test_keys_init_gives_the_client_key_to_the_workers_user_only(tmp_path: Path)
         "dhcp1.example.net,dhcp1",
         "dhcp2.example.net,dhcp2",
     ]
+
+
+def test_the_worker_healthcheck_asks_readyz_where_the_worker_serves_it(
+    compose: dict[str, Any],
+) -> None:
+    worker = compose["services"]["worker"]
+    prefix = "DHCP_FAILOVER_"
+    env = worker["environment"]
+    settings = Settings(**{k[len(prefix) :].lower(): v for k, v in env.items()})
+    assert settings.http_port == 8080 and settings.http_host == "0.0.0.0"  # scrapeable
+    assert str(settings.http_port) in worker["expose"] and "ports" not in worker
+    test = worker["healthcheck"]["test"]
+    assert test[:3] == ["CMD", "python", "-c"]  # the image has python, not curl
+    assert f"http://127.0.0.1:{settings.http_port}/readyz" in test[3]
+
+
+async def test_the_healthcheck_command_passes_only_while_the_worker_is_ready(
+    compose: dict[str, Any],
+) -> None:
+    code = compose["services"]["worker"]["healthcheck"]["test"][3]
+    port = free_port()
+    readiness = Readiness()
+
+    async def healthcheck() -> int:
+        run = [sys.executable, "-c", code.replace(":8080/", f":{port}/")]
+        done = await asyncio.to_thread(subprocess.run, run, capture_output=True, timeout=30)
+        return done.returncode
+
+    async with serving(Settings(http_port=port), readiness):
+        assert await healthcheck() != 0
+        readiness.inventory, readiness.broker = True, None
+        assert await healthcheck() == 0

@@ -64,6 +64,18 @@ class Settings(BaseSettings):
         "diff is cut, flagged diffTruncated and described by its sha256 and line counts.",
     )
 
+    http_port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="TCP port of /metrics, /healthz and /readyz (worker/health.py); 0: off.",
+    )
+    http_host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP endpoints listen on: loopback by default (they have no "
+        "authentication); 0.0.0.0 (or ::) for a scraper on another host or container.",
+    )
+
     log_format: Literal["auto", "json", "console"] = "auto"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

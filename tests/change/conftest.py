@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import posixpath
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -141,3 +142,13 @@ def world() -> World:
 def in_dir(host: FakeHost) -> list[str]:
     directory = posixpath.dirname(host.config_path)
     return sorted(p for p in host.files if posixpath.dirname(p) == directory)
+
+
+def untouched_dir(host: FakeHost) -> None:
+    """Nothing beside the live file but, after a ``failed`` outcome, its done record (a
+    redelivery answers with it: coordinator ``_ended``)."""
+    names = in_dir(host)
+    records = [n for n in names if posixpath.basename(n).startswith(".dhcp-failover-done.")]
+    assert [n for n in names if n not in records] == [host.config_path]
+    for record in records:
+        assert json.loads(host.files[record])["outcome"]["outcome"] == "failed"

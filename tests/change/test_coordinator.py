@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tests.change.conftest import KnobHost, World, in_dir, make_world
+from tests.change.conftest import KnobHost, World, in_dir, make_world, untouched_dir
 from tests.change.helpers import (
     PRIMARY_AFTER,
     PRIMARY_CONF,
@@ -45,7 +45,7 @@ def assert_untouched(world: World) -> None:
     assert world.primary.config == PRIMARY_CONF.encode()
     assert world.secondary.config == SECONDARY_CONF.encode()
     for host in world.hosts.values():
-        assert in_dir(host) == [host.config_path]
+        untouched_dir(host)
         assert host.restart_count() == 0
     assert world.locked() == []
 
@@ -439,38 +439,61 @@ async def test_lock_held_by_another_change_fails_after_a_bounded_wait(world: Wor
     assert_untouched(world)
 
 
-async def test_config_changed_between_plan_and_commit_is_not_overwritten(
+async def test_config_changed_between_plan_and_commit_is_planned_again_not_overwritten(
     world: World,
 ) -> None:
     edited = SECONDARY_CONF.encode() + b"# edited by hand\n"
 
     def edit_by_hand(host: KnobHost) -> None:
         host.files[host.config_path] = edited
+        host.on_lock = None  # once
 
     world.secondary.on_lock = edit_by_hand
+
+    result = await execute(modify_request(), "req-modify-1", world.fleet)
+
+    # Planned again under the locks, on the edited file: the edit is kept.
+    assert result.outcome is Outcome.succeeded, result.error
+    assert world.secondary.config == SECONDARY_AFTER.encode() + b"# edited by hand\n"
+    assert world.primary.config == PRIMARY_AFTER.encode()
+    assert not [n for h in world.hosts.values() for n in in_dir(h) if is_temp(n)]
+    assert world.locked() == []
+
+
+async def test_a_config_edited_again_while_planned_again_is_not_overwritten(
+    world: World,
+) -> None:
+    edits = iter(range(100))
+    read = world.secondary.read
+
+    async def read_then_edit(path: str) -> bytes | None:
+        data = await read(path)  # someone edits right after every read of the file
+        if path == world.secondary.config_path:
+            edit = SECONDARY_CONF.encode() + f"# edit {next(edits)}\n".encode()
+            world.secondary.files[path] = edit
+        return data
+
+    world.secondary.read = read_then_edit  # type: ignore[method-assign]
 
     result = await execute(modify_request(), "req-modify-1", world.fleet)
 
     assert result.outcome is Outcome.failed
     assert result.error is not None and result.error.code == "concurrent_change"
     assert result.error.server == SECONDARY
-    assert world.secondary.config == edited
+    assert world.secondary.config.startswith(SECONDARY_CONF.encode() + b"# edit ")
     assert world.primary.config == PRIMARY_CONF.encode()
     assert not [n for h in world.hosts.values() for n in in_dir(h) if is_temp(n)]
     assert world.locked() == []
 
 
-async def test_two_changes_to_one_pair_at_once_never_interleave(world: World) -> None:
+async def test_two_changes_to_one_pair_at_once_apply_one_after_the_other(world: World) -> None:
     first, second = await asyncio.gather(
         execute(modify_request("req-a", Mclt=1800), "req-a", world.fleet),
         execute(remove_request("req-b"), "req-b", world.fleet),
     )
 
-    # Both planned on the same files; whichever locked second finds them changed and stops.
-    outcomes = sorted([first.outcome.value, second.outcome.value])
-    assert outcomes == ["failed", "succeeded"]
-    loser = first if first.outcome is Outcome.failed else second
-    assert loser.error is not None and loser.error.code == "concurrent_change"
+    # Both planned on the same files; whichever locked second finds them changed and plans
+    # again under the locks: the modify after the remove finds no relationship.
     locks = [(n, op[0]) for n, *op in world.timeline if op in (["lock"], ["unlock"])]
     held_one_at_a_time = [
         (PRIMARY, "lock"),
@@ -479,8 +502,13 @@ async def test_two_changes_to_one_pair_at_once_never_interleave(world: World) ->
         (PRIMARY, "unlock"),
     ]
     assert locks == held_one_at_a_time * 2
-    winner_wrote = b"mclt 1800;" in world.primary.config
-    assert winner_wrote == (first.outcome is Outcome.succeeded)
+    assert second.outcome is Outcome.succeeded  # the remove, first or second
+    assert b'failover peer "dhcp-failover"' not in world.primary.config
+    if first.outcome is Outcome.succeeded:  # the modify went first
+        assert b"mclt 1800;" in second.servers[0].diff.encode()
+    else:
+        assert first.outcome is Outcome.rejected
+        assert first.error is not None and first.error.code == "peer_not_found"
 
 
 async def test_a_lock_taken_out_of_order_is_released_while_waiting(world: World) -> None:
@@ -516,10 +544,10 @@ async def test_changes_on_one_pair_in_opposite_roles_at_once_all_finish(world: W
         asyncio.gather(*(execute(r, rid, world.fleet, options) for r, rid in requests)), 10
     )
 
-    for result in results:
-        assert result.outcome in (Outcome.succeeded, Outcome.failed), result
-        if result.outcome is Outcome.failed:
-            assert result.error is not None and result.error.code == "concurrent_change"
+    for result in results:  # a remove or modify after a remove: not found
+        assert result.outcome in (Outcome.succeeded, Outcome.rejected), result
+        if result.outcome is Outcome.rejected:
+            assert result.error is not None and result.error.code == "peer_not_found"
     assert any(r.outcome is Outcome.succeeded for r in results)
     assert world.locked() == []
 
@@ -888,7 +916,9 @@ async def test_another_request_waits_for_a_cut_off_change_to_be_finished(world: 
     assert world.primary.config == PRIMARY_AFTER.encode()  # left for req-modify-1 to finish
     finished = await execute(modify_request(), "req-modify-1", world.fleet)
     assert finished.outcome is Outcome.succeeded
-    retried = await execute(modify_request("req-other", Mclt=900), "req-other", world.fleet)
+    again = await execute(modify_request("req-other", Mclt=900), "req-other", world.fleet)
+    assert again == other.model_copy(update={"durationMs": again.durationMs})  # recorded
+    retried = await execute(modify_request("req-other-2", Mclt=900), "req-other-2", world.fleet)
     assert retried.outcome is Outcome.succeeded
     assert b"mclt 900;" in world.primary.config
 

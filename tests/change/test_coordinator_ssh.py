@@ -239,16 +239,18 @@ async def test_two_workers_changing_the_pair_in_opposite_roles_at_once_both_fini
         await other.close()
 
 
-async def test_config_changed_between_plan_and_commit_is_not_overwritten(env: Env) -> None:
+async def test_config_changed_between_plan_and_commit_is_planned_again_not_overwritten(
+    env: Env,
+) -> None:
     edited = SECONDARY_CONF.encode() + b"# edited by hand\n"
     env.probe(SECONDARY).on_lock = lambda: env.secondary.config_path.write_bytes(edited)
 
     result = await execute(modify_request(), "req-modify-1", env.fleet)
 
-    assert result.outcome is Outcome.failed
-    assert result.error is not None and result.error.code == "concurrent_change"
-    assert env.secondary.config_bytes() == edited
-    assert env.primary.config_bytes() == PRIMARY_CONF.encode()
+    # Planned again under the locks, on the edited file: the edit is kept.
+    assert result.outcome is Outcome.succeeded, result.error
+    assert env.secondary.config_bytes() == SECONDARY_AFTER.encode() + b"# edited by hand\n"
+    assert env.primary.config_bytes() == PRIMARY_AFTER.encode()
     assert env.leftovers() == []
 
 

@@ -12,7 +12,7 @@ from typing import get_args
 
 import pytest
 
-from tests.change.conftest import World, in_dir
+from tests.change.conftest import World, untouched_dir
 from tests.change.helpers import (
     PRIMARY_AFTER,
     PRIMARY_CONF,
@@ -414,7 +414,7 @@ async def test_omapi_refused_during_prepare_fails_and_touches_nothing(
     )
     assert_old_files(world)
     for host in world.hosts.values():
-        assert in_dir(host) == [host.config_path]
+        untouched_dir(host)
         assert host.restart_count() == 0
     assert world.locked() == []
 

@@ -108,11 +108,16 @@ def change_files(host: LocalHost) -> dict[str, list[str]]:
 
 
 def assert_untouched(hosts: LocalHosts, before: dict[str, bytes]) -> None:
-    """Every live file byte-identical to ``before``, never restarted, nothing left behind."""
+    """Every live file byte-identical to ``before``, never restarted, nothing left behind
+    but, after a ``failed`` outcome, its done record (docs/contract.md §7.3)."""
     for name, host in hosts.hosts.items():
         assert host.config_bytes() == before[name], f"{name}'s live config changed"
         assert host.restarts() == [], f"{name} was restarted"
-        assert change_files(host) == {"temps": [], "journals": [], "done": [], "backups": []}
+        files = change_files(host)
+        for record in files.pop("done"):
+            outcome = json.loads((host.config_dir / record).read_bytes())["outcome"]
+            assert outcome["outcome"] == "failed", (name, record)
+        assert files == {"temps": [], "journals": [], "backups": []}
 
 
 def rewrite_restart_command(hosts: LocalHosts, name: str, wrap: Callable[[str], str]) -> str:

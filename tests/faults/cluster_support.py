@@ -124,7 +124,8 @@ def run_worker_process(settings: Settings, inventory: Path, log: Path) -> Worker
 # -- the publisher and the event log ------------------------------------------------------------
 
 #: What a publication may fail with while a node is lost; the publisher then tries again.
-PUBLISH_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError)
+#: (RuntimeError: aiormq refuses a channel on a connection closed under it mid-reconnect.)
+PUBLISH_ERRORS = (AMQPError, ChannelInvalidStateError, ConnectionError, TimeoutError, RuntimeError)
 
 
 @dataclass

@@ -64,6 +64,7 @@ from tests.faults.crash_support import (
     stopped,
     version_of_pair,
 )
+from tests.faults.report import Clock, record
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.consumer.client import publish_request
 from worker.demo import SAMPLE_ADDRESSES, sample_configs
@@ -157,12 +158,14 @@ async def test_a_worker_killed_at_a_step_leaves_one_outcome_and_a_whole_pair(
 
     await publish_request(settings, op.body(request_id), op.routing_key)
     await killed(doomed, step)
+    clock = Clock()
     seen = Midway.seen(sample_hosts, request_id)
     assert seen.reached(MIDWAY[step]), seen  # the fault struck where its name says
     successor = workers.start()
     await until_consuming(successor, amqp, settings)  # and so gets the redelivery
 
     events = await outcomes_of(tap, request_id)
+    seconds = clock.seconds()
     data = events[0].event.data
     assert data.outcome is Outcome.succeeded, (data.outcome, data.error)
     # Killed after the event was confirmed: the redelivery is answered again, same id.
@@ -172,6 +175,7 @@ async def test_a_worker_killed_at_a_step_leaves_one_outcome_and_a_whole_pair(
     await stopped(successor)
     await assert_depth(amqp, settings.request_queue, 0)  # acked: nothing came back
     await assert_depth(amqp, settings.dead_letter_queue, 0)
+    record("worker SIGKILLed", f"{operation} at {step}", data.outcome.value, seconds)
 
 
 @pytest.mark.parametrize(("operation", "step"), cases(CUT_SUBSET))
@@ -199,9 +203,11 @@ async def test_ssh_cut_at_a_step_fails_before_the_commit_and_never_splits_the_pa
     await paused(pause_dir, step, worker)
     for proxy in proxies:
         proxy.cut()
+    clock = Clock()
     resume(pause_dir, step)
 
     data = (await outcomes_of(tap, request_id))[0].event.data
+    seconds = clock.seconds()
     version = version_of_pair(sample_hosts, before, after)
     if step in AFTER_RECORD:
         allowed = {Outcome.succeeded}
@@ -223,3 +229,4 @@ async def test_ssh_cut_at_a_step_fails_before_the_commit_and_never_splits_the_pa
     await stopped(worker)
     await assert_depth(amqp, settings.request_queue, 0)
     await assert_depth(amqp, settings.dead_letter_queue, 0)
+    record("SSH connections cut", f"{operation} at {step}", data.outcome.value, seconds)

@@ -22,6 +22,7 @@ from tests.consumer.support import EventTap, assert_depth, publish_raw
 from tests.e2e.conftest import SSH_TIMEOUTS
 from tests.e2e.support import change_ended, modify_body, slow_restart
 from tests.faults.cluster_support import run_worker_process
+from tests.faults.report import record
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY, sample_configs
 from worker.settings import Settings
@@ -29,11 +30,6 @@ from worker.settings import Settings
 pytestmark = [pytest.mark.integration, pytest.mark.faults, pytest.mark.timeout(90)]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: a request planned while another change of the same pair commits fails "
-    "concurrent_change instead of waiting for it and planning again",
-)
 async def test_two_requests_for_one_pair_are_both_applied_one_after_the_other(
     broker_settings: Settings,
     amqp: AbstractConnection,
@@ -69,3 +65,9 @@ async def test_two_requests_for_one_pair_are_both_applied_one_after_the_other(
     }
     assert [len(h.restarts()) for h in hosts.hosts.values()] == [2, 2]
     assert status == 0
+    record(
+        "two requests for one pair at once",
+        "one worker, concurrency 4",
+        "succeeded, both, one after the other",
+        requests=2,
+    )

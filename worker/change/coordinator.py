@@ -5,8 +5,8 @@
 =====================  ====================================================================
 ``rejected``           plan: unknown server, peer not found, roles/pair mismatch, bad config
 ``failed``             nothing live changed: unreachable (SSH or OMAPI), lock timeout, config
-                       changed since plan, candidate refused by ``dhcpd -t``, another change
-                       unfinished on a server (``unfinished_change``)
+                       edited by hand during the change, candidate refused by ``dhcpd -t``,
+                       another change unfinished on a server (``unfinished_change``)
 ``succeeded``          committed, restarted and verified everywhere (where ``omapi`` is set);
                        or nothing to change (no lock taken, nothing written); or a dry run
 ``rolled_back``        a commit or verify step failed; every server touched holds its old
@@ -25,8 +25,15 @@ server in order (:mod:`~worker.change.commit`): backup (a hard link), atomic ren
 the running dhcpd verified (:mod:`~worker.change.verify`); then the pair. Finish
 (:mod:`~worker.change.finish`) records the outcome in every journal (a *done record*), then
 announces it (the consumer publishes it meanwhile) and removes temp files, prunes old backups
-and done records. Each journal directory is listed once before the locks and once under them;
-the second listing stays true while the locks are held (but for this change's own files).
+and done records (:mod:`~worker.change.resume`). Each journal directory is listed once before
+the locks and once under them; the second listing stays true while the locks are held (but for
+this change's own files).
+
+Requests sharing servers are applied one after the other: the plan takes no lock, so a
+request delivered while another change of its servers commits may find, once it holds the
+locks, the files changed since it read them. It then plans again under those locks, on the
+files as they are (:func:`_replan_locked`): a serial order, no lost update. Only files edited
+by hand again meanwhile end it in ``concurrent_change``.
 
 Idempotency and recovery (the policy)
     A done record holds the change's outcome, and it is written before the outcome is
@@ -64,6 +71,13 @@ Idempotency and recovery (the policy)
     of inventing a ``lock_timeout``. Dry runs leave no journal: only the in-process sharing
     covers them.
 
+    A ``failed`` outcome (nothing live changed) has no journal to hold it: it gets a done
+    record of its own on the request's anchor servers that answer, before it is published
+    (:func:`_ended`). A redelivery (its ack lost with a connection or a node) answers
+    ``failed`` again instead of planning afresh and perhaps ending ``succeeded``; retrying is
+    a new request id. ``rejected`` is not recorded: it depends on the request and the
+    configs alone.
+
     A done record is pruned once ``journal_retention`` newer ones exist (never while a running
     journal of the same request is beside it); a request redelivered after that is planned
     afresh (and finds its change already in place).
@@ -82,20 +96,33 @@ from dataclasses import dataclass
 
 import structlog
 
-from worker.change import recovery
+from worker.change import recovery, resume
 from worker.change.aio import run_to_end
-from worker.change.commit import as_worker_error, rollback_failed_error
+from worker.change.commit import as_worker_error
 from worker.change.faults import step
-from worker.change.finish import clean_up, complete, record_outcome, servers_of
-from worker.change.journal import Journal, find_journal, remove_running_journal
-from worker.change.locks import hold_locks, lost_locks, refuse_without_locks
-from worker.change.model import ServerChange, changed_only
-from worker.change.planning import anchors, check_request_id, plan_when_others_end, prefetch
+from worker.change.finish import record_early
+from worker.change.locks import hold_locks, lost_locks
+from worker.change.model import ServerChange
+from worker.change.planning import (
+    anchors,
+    check_request_id,
+    plan,
+    plan_when_others_end,
+    prefetch,
+)
 from worker.change.ports import Fleet
 from worker.change.prepare import discard, discard_relocked, prepare, start_rechecks
 from worker.change.run import Announce, ChangeOptions, Run
 from worker.change.verify import Verification
-from worker.errors import LockLost, LockTimeout, Rejected, WorkerError
+from worker.errors import (
+    ConcurrentChange,
+    HostKeyMismatch,
+    LockLost,
+    LockTimeout,
+    Rejected,
+    UnknownServer,
+    Unreachable,
+)
 from worker.messages import ModifyRequest, Outcome, Phase, RemoveRequest, ResultData, WarningInfo
 
 __all__ = ["Announce", "ChangeOptions", "Preview", "execute", "preview"]
@@ -156,13 +183,13 @@ async def _execute(run: Run) -> ResultData:
         try:
             while True:
                 try:
-                    return run.done(await _attempt(run))
+                    return await _ended(run, await _attempt(run))
                 except LockLost as exc:  # never an outcome decided without the locks
                     cuts += 1
                     if cuts > LOCK_LOST_RETRIES:
                         error = as_worker_error(exc, Phase.prepare)
-                        return run.done(
-                            run.result(Outcome.failed, run.planned, error, run.warnings)
+                        return await _ended(
+                            run, run.result(Outcome.failed, run.planned, error, run.warnings)
                         )
                     log.warning("change.lock_lost", server=exc.server, attempt=cuts)
                     await asyncio.sleep(0.5 * cuts)
@@ -173,8 +200,8 @@ async def _execute(run: Run) -> ResultData:
                         return run.done(mine)
                     if not mine:
                         error = as_worker_error(exc, Phase.prepare)
-                        return run.done(
-                            run.result(Outcome.failed, run.planned, error, run.warnings)
+                        return await _ended(
+                            run, run.result(Outcome.failed, run.planned, error, run.warnings)
                         )
                     log.warning(
                         "change.waiting_for_itself",
@@ -186,13 +213,40 @@ async def _execute(run: Run) -> ResultData:
             run.drop_prefetched()  # a cancel: reads ahead nobody will use
 
 
+#: Errors that say a server could not be reached: no done record is tried there.
+_UNREACHED = {Unreachable.code, HostKeyMismatch.code}
+
+
+async def _ended(run: Run, result: ResultData) -> ResultData:
+    """The end of ``execute``. A ``failed`` outcome (nothing live changed, no journal
+    holds it) gets done records of its own first (:func:`finish.record_early`), so a
+    redelivery answers with it (policy in the module docstring). ``rejected`` does not:
+    it contacts no server or depends on the configs alone, so a redelivery says it again."""
+    if result.outcome is Outcome.failed and not run.recorded and not run.request.dry_run:
+        error = result.error
+        skip = error.server if error is not None and error.code in _UNREACHED else None
+        await record_early(run.fleet, _known(run, anchors(run.request)), result, run.stamp, skip)
+    return run.done(result)
+
+
+def _known(run: Run, names: Iterable[str]) -> list[str]:
+    known = []
+    for name in names:
+        try:
+            run.fleet.host(name)
+        except UnknownServer:
+            continue
+        known.append(name)
+    return known
+
+
 async def _attempt(run: Run) -> ResultData:
     """One try at the request; a :class:`LockTimeout` propagates, the caller decides."""
     request = run.request
     try:
         if not request.dry_run:
             prefetch(run)  # the plan's reads travel with the journal lookup's
-            previous = await _resume_previous(run)
+            previous = await resume.resume_previous(run)
             if previous is not None:
                 return previous
         changes, warnings = await plan_when_others_end(run)
@@ -200,7 +254,7 @@ async def _attempt(run: Run) -> ResultData:
             # Nothing to change: maybe a twin delivery of this request id applied it
             # since the lookup above. Its outcome is the answer, not a "changed: false".
             run.listings.clear()  # look again
-            previous = await _resume_previous(run)
+            previous = await resume.resume_previous(run)
             if previous is not None:
                 return previous
     except (LockTimeout, LockLost):
@@ -216,9 +270,12 @@ async def _attempt(run: Run) -> ResultData:
         async with hold_locks([c.host for c in changes], run.options.lock_timeout):
             if not request.dry_run:
                 start_rechecks(run, changes)  # read-only: alongside the lookup's listing
-                if (previous := await _replay(run, changes)) is not None:
+                if (previous := await resume.replay(run, changes)) is not None:
                     return previous
-            return await _prepare_and_commit(run, changes, warnings)
+            result = await _prepare_and_commit(run, changes, warnings)
+            if _overtaken(result):
+                return await _replan_locked(run, changes) or result
+            return result
     except (LockTimeout, LockLost):
         raise
     except Exception as exc:  # only taking a lock or reading a journal can raise here
@@ -226,6 +283,42 @@ async def _attempt(run: Run) -> ResultData:
         return run.result(Outcome.failed, changes, error, warnings)
     finally:
         run.drop_prefetched()
+
+
+def _overtaken(result: ResultData) -> bool:
+    """Prepare found the live files changed since the plan read them: most often by the
+    change that held the locks this one waited for (another request for the same pair)."""
+    error = result.error
+    return (
+        result.outcome is Outcome.failed
+        and error is not None
+        and error.code == ConcurrentChange.code
+    )
+
+
+async def _replan_locked(run: Run, held: Sequence[ServerChange]) -> ResultData | None:
+    """Plan again on the files as they are now, under the locks this run still holds, and go
+    on with that plan: the locks put this request after the one that overtook it (a serial
+    order, no lost update). None when the new plan needs a server whose lock is not held
+    (the ``concurrent_change`` stands). Only someone editing by hand can overtake it again:
+    that still ends in ``concurrent_change``."""
+    log.info("change.replan", reason="the live files changed while this change waited")
+    run.drop_prefetched()
+    run.listings.clear()
+    run.locked.clear()
+    try:
+        changes, warnings = await plan(run)
+    except (LockTimeout, LockLost):
+        raise
+    except Rejected as exc:
+        return run.result(Outcome.rejected, [], exc)
+    except Exception as exc:
+        return run.result(Outcome.failed, [], as_worker_error(exc, Phase.plan))
+    if not {c.name for c in changes} <= {c.name for c in held}:
+        return None
+    if not any(c.changed for c in changes):
+        return run.result(Outcome.succeeded, changes, None, warnings)
+    return await _prepare_and_commit(run, changes, warnings)
 
 
 async def _own_change(run: Run, expired: LockTimeout) -> ResultData | bool:
@@ -265,162 +358,4 @@ async def _prepare_and_commit(
             return check.report(run.result(Outcome.succeeded, changes, None, warnings))
         error = LockLost(f"the change locks of {', '.join(lost)} were lost before the commit")
         return check.report(run.result(Outcome.failed, changes, error, warnings))
-    return await run_to_end(_commit_and_finish(run, check, warnings))
-
-
-async def _commit_and_finish(
-    run: Run, check: Verification, warnings: list[WarningInfo], cause: WorkerError | None = None
-) -> ResultData:
-    """Commit and verify (unless ``cause`` says to undo instead), roll back and verify the
-    old pair on failure, finish."""
-    if cause is None:
-        cause = await check.commit()
-    if cause is None:
-        outcome, error = Outcome.succeeded, None
-    elif (error := await check.rollback(run.request_id, cause)) is None:
-        outcome, error = Outcome.rolled_back, cause
-    else:
-        outcome = Outcome.rollback_failed
-    return await _finish(run, check, outcome, error, warnings)
-
-
-# -- a request that ran before ---------------------------------------------------------------
-
-
-async def _resume_previous(run: Run) -> ResultData | None:
-    """The recorded outcome of this request id, or the end of a change an earlier run cut off
-    (policy in the module docstring); None when there is nothing to pick up."""
-    found = await recovery.find_previous(
-        run.fleet, anchors(run.request), run.request_id, run.listings
-    )
-    if not found:
-        return None
-    if (outcome := recovery.finished(found)) is not None:
-        log.info("change.replayed", outcome=outcome.outcome)
-        await _complete(run, found.values(), outcome)
-        return outcome
-    servers = next(iter(found.values())).servers
-    async with hold_locks([run.fleet.host(n) for n in servers], run.options.lock_timeout):
-        return await _resume_locked(run, servers)
-
-
-async def _replay(run: Run, changes: Sequence[ServerChange]) -> ResultData | None:
-    """Under the locks: the outcome a twin delivery of this request id recorded while this
-    run waited for them (it planned on the files the twin has since changed), or the end of
-    the twin's change if it was cut off meanwhile (its journal is there, its locks free)."""
-    run.locked.clear()  # listings taken under the locks: they stay true while they are held
-    found = await recovery.find_previous(
-        run.fleet, anchors(run.request), run.request_id, run.locked
-    )
-    if (outcome := recovery.finished(found)) is not None:
-        log.info("change.replayed", outcome=outcome.outcome, after="lock wait")
-        await _complete(run, found.values(), outcome)
-        return outcome
-    if found:
-        servers = next(iter(found.values())).servers
-        if set(servers) <= {c.name for c in changes}:  # we hold every lock it needs
-            return await _resume_locked(run, servers)
-    return None
-
-
-async def _resume_locked(run: Run, servers: list[str]) -> ResultData | None:
-    """Under the locks of ``servers``: finish or undo this request's cut-off change."""
-    # Read again under the locks: another run of this request may have just ended it.
-    journals = dict(zip(servers, await _journals(run, servers), strict=True))
-    if (outcome := recovery.finished(journals)) is not None:
-        await _complete(run, journals.values(), outcome)
-        return outcome
-    resumed = await recovery.load(run.fleet, journals, run.request_id)
-    log.warning("change.resume", verdict=resumed.verdict, reason=resumed.reason)
-    if resumed.verdict == "replan":
-        await discard(resumed.changes)
-        run.listings.clear()  # what they listed has just been removed
-        run.locked.clear()
-        return None
-    if resumed.verdict == "conflict":
-        return await _record_conflict(run, resumed)
-    cause = resumed.cause
-    if resumed.verdict == "forward":
-        try:
-            for change in changed_only(resumed.changes):
-                await recovery.validate_pending(change, run.request_id)
-        except Exception as exc:
-            cause = recovery.interrupted(resumed.changes, f"revalidation failed: {exc}")
-    elif cause is None:
-        cause = recovery.interrupted(resumed.changes, resumed.reason)
-    check = Verification(run.request, resumed.changes)
-    return await run_to_end(_commit_and_finish(run, check, resumed.warnings, cause))
-
-
-async def _journals(run: Run, servers: Sequence[str]) -> list[Journal | None]:
-    hosts = [run.fleet.host(n) for n in servers]
-    return list(await asyncio.gather(*(find_journal(h, run.request_id) for h in hosts)))
-
-
-async def _complete(run: Run, journals: Iterable[Journal | None], outcome: ResultData) -> None:
-    """Every server of an ended change gets its done record (:func:`finish.complete`)."""
-    found = [j for j in journals if j is not None]
-    await complete(run.fleet, run.request_id, outcome, servers_of(found), run.listings)
-
-
-async def _record_conflict(run: Run, resumed: recovery.Resumed) -> ResultData:
-    """Someone edited a file mid-change: touch nothing, say so, record it."""
-    for change in changed_only(resumed.changes):
-        change.needs_operator = change.state() != "old" or change.restart_attempted
-    cause = recovery.interrupted(resumed.changes, resumed.reason)
-    headline = (
-        f"an earlier run of this request was cut off mid-commit and {resumed.reason}; "
-        "nothing was touched"
-    )
-    error = rollback_failed_error(resumed.changes, cause, headline)
-    result = run.result(Outcome.rollback_failed, resumed.changes, error, resumed.warnings)
-    unrecorded = await record_outcome(resumed.changes, result)
-    result = run.announced(result)
-    recorded = [c for c in changed_only(resumed.changes) if c.name not in unrecorded]
-    await asyncio.gather(
-        *(remove_running_journal(c.host, c.journal) for c in recorded if c.journal is not None),
-        return_exceptions=True,
-    )
-    return result
-
-
-# -- finish ----------------------------------------------------------------------------------
-
-
-async def _finish(
-    run: Run,
-    check: Verification,
-    outcome: Outcome,
-    error: WorkerError | None,
-    warnings: list[WarningInfo],
-) -> ResultData:
-    """The servers are in their final state: record the outcome in every journal, announce
-    it, then clean up and prune. A problem after the record is only logged: every later run
-    of the request answers with exactly the recorded result."""
-    changes, warnings = check.changes, list(warnings)
-    refuse_without_locks(c.host for c in changes)
-    if outcome is not Outcome.rollback_failed:  # there, error.detail lists them per server
-        warnings += [
-            WarningInfo(code="rollback_problem", message=p, server=c.name)
-            for c in changed_only(changes)
-            for p in c.problems
-        ]
-    result = check.report(run.result(outcome, changes, error, warnings))
-    journaled = [c.name for c in changed_only(changes) if c.journal is not None]
-    unrecorded = await record_outcome(changes, result)
-    if journaled and len(unrecorded) == len(journaled):  # nowhere yet: one more try
-        unrecorded = await record_outcome([c for c in changes if c.name in unrecorded], result)
-    refuse_without_locks(c.host for c in changes)
-    await step("recorded")  # test-only (worker/change/faults.py)
-    result = run.announced(result)
-    # From here the outcome is final (recorded, maybe published): what goes wrong while
-    # tidying up is logged, never part of it.
-    recorded = [n for n in journaled if n not in unrecorded]
-    await clean_up(
-        changes,
-        run.locked,
-        run.options.backup_retention,
-        run.options.journal_retention,
-        recorded,
-    )
-    return result
+    return await run_to_end(resume.commit_and_finish(run, check, warnings))

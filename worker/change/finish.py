@@ -36,10 +36,12 @@ from worker.change.journal import (
 from worker.change.model import ServerChange, changed_only
 from worker.change.ports import Fleet, RemoteHost
 from worker.messages import ResultData, WarningInfo
+from worker.metrics import timed
 
 log = structlog.stdlib.get_logger(__name__)
 
 
+@timed("finish")
 async def record_outcome(changes: Sequence[ServerChange], result: ResultData) -> list[str]:
     """Write the outcome into every changed server's journal, as its done record, all at
     once; return the names of the servers where that failed (logged). The running journals
@@ -64,6 +66,7 @@ async def record_outcome(changes: Sequence[ServerChange], result: ResultData) ->
     return failed
 
 
+@timed("finish")
 async def clean_up(
     changes: Sequence[ServerChange],
     locked: dict[str, list[str]],
@@ -208,3 +211,37 @@ async def ended_elsewhere(
 def servers_of(journals: Iterable[Journal]) -> list[str]:
     """Every server a change committed to, as its journals list them."""
     return list(dict.fromkeys(n for j in journals for n in (j.server, *j.servers)))
+
+
+async def record_early(
+    fleet: Fleet, names: Sequence[str], result: ResultData, stamp: str, skip: str | None
+) -> None:
+    """A ``failed`` outcome (reached before any commit) has no journal to hold
+    it: give it a done record of its own on each named server that takes one (``skip``: the
+    server that could not be reached), before it is announced. Then a redelivery (the ack
+    lost with a connection, a node lost) answers with it instead of planning afresh and
+    maybe ending ``succeeded``: one outcome per request id. Problems are logged."""
+    stored = result.model_copy(deep=True)
+
+    async def one(name: str) -> None:
+        host = fleet.host(name)
+        journal = Journal(
+            requestId=result.requestId,
+            command=result.command,
+            stamp=stamp,
+            server=name,
+            servers=[],
+            step=Step.done,
+            files=[],
+            comment=result.comment,
+            outcome=stored,
+        )
+        await write_journal(host, journal)
+
+    targets = [n for n in dict.fromkeys(names) if n != skip]
+    outcomes = await asyncio.gather(*(one(n) for n in targets), return_exceptions=True)
+    for name, outcome in zip(targets, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            if not isinstance(outcome, Exception):
+                raise outcome
+            log.warning("journal.not_recorded", server=name, error=str(outcome))

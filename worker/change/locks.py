@@ -21,6 +21,7 @@ import structlog
 
 from worker.change.ports import RemoteHost
 from worker.errors import LockLost, LockTimeout
+from worker.metrics import LOCK_WAIT
 
 log = structlog.stdlib.get_logger(__name__)
 
@@ -85,9 +86,10 @@ async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[
         return first
 
     try:
-        first = await try_all() if len(names) > 1 else 0
-        for name in names[first:]:
-            held.append(await take(name, wait))
+        with LOCK_WAIT.time():
+            first = await try_all() if len(names) > 1 else 0
+            for name in names[first:]:
+                held.append(await take(name, wait))
         yield
     except BaseException as exc:
         await release(type(exc), exc, exc.__traceback__)

@@ -35,6 +35,7 @@ from worker.messages import (
     RequestId,
     WarningInfo,
 )
+from worker.metrics import timed
 
 log = structlog.stdlib.get_logger("worker.change.coordinator")
 
@@ -85,6 +86,7 @@ async def plan_when_others_end(run: Run) -> Planned:
     return await plan(run)
 
 
+@timed("plan")
 async def plan(run: Run) -> Planned:
     """Read every involved server's live tree and compute its candidate; no writes."""
     request = run.request

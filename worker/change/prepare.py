@@ -30,10 +30,12 @@ from worker.change.staging import validate_tree
 from worker.change.verify import Verification
 from worker.errors import ConcurrentChange, LockLost
 from worker.messages import WarningInfo
+from worker.metrics import timed
 
 log = structlog.stdlib.get_logger("worker.change.coordinator")
 
 
+@timed("prepare")
 async def prepare(
     run: Run, changes: list[ServerChange], warnings: list[WarningInfo], check: Verification
 ) -> None:

@@ -76,6 +76,8 @@ class Run:
     #: The changes and warnings the last plan computed (for ``preview`` and a lock timeout).
     planned: list[ServerChange] = field(default_factory=list)
     warnings: list[WarningInfo] = field(default_factory=list)
+    #: The outcome is in a journal: recorded by this run, or found there (a replay).
+    recorded: bool = False
 
     def restart(self) -> None:
         """Forget what an attempt learnt, for another one (the stamp stays)."""

@@ -43,7 +43,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue
+from aio_pika.abc import (
+    AbstractConnection,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.change.faults import step
@@ -52,11 +57,23 @@ from worker.consumer.events import EventPublisher, Outgoing, PublishFailed, repl
 from worker.consumer.intake import Delivery, read_delivery
 from worker.consumer.results import Handler, encode_result, run_handler
 from worker.consumer.topology import declare_topology
+from worker.health import Readiness
 from worker.logging import bind_request, get_logger
 from worker.messages import ResultData
+from worker.metrics import (
+    BROKER_CONNECTED,
+    BROKER_RECONNECTS,
+    DEAD_LETTERED,
+    REDELIVERIES,
+    REQUESTS,
+)
 from worker.settings import Settings
 
 log = get_logger(__name__)
+
+
+#: ``/readyz`` while aio-pika re-establishes the consuming connection.
+LOST = "broker connection lost; reconnecting"
 
 
 class Settlement(StrEnum):
@@ -114,6 +131,8 @@ async def settle(message: AbstractIncomingMessage, settlement: Settlement) -> bo
             error=f"{type(exc).__name__}: {exc}",
         )
         return False
+    if settlement is Settlement.dead_letter:
+        DEAD_LETTERED.inc()
     log.debug("request settled", settlement=settlement.value)
     return True
 
@@ -163,6 +182,8 @@ class _Consumer:
             routing_key=message.routing_key,
             correlation_id=message.correlation_id,
         )
+        if message.redelivered:
+            REDELIVERIES.inc()
         with bind_request(delivery.request_id, delivery.subject, delivery.servers):
             log.info(
                 "request received",
@@ -216,7 +237,9 @@ class _Consumer:
             correlation_id=message.correlation_id or delivery.request_id,
             duration_ms=int((time.monotonic() - started) * 1000),
         )
-        task = asyncio.create_task(self._confirmed(out, self._reply_to(message, out)))
+        task = asyncio.create_task(
+            self._confirmed(out, self._reply_to(message, out), delivery.operation)
+        )
         self._track(task, tail=True)
         return _Publication(task, poison=delivery.poison or out.failsafe)
 
@@ -248,13 +271,14 @@ class _Consumer:
         self._track(task, tail=True)
         return task
 
-    async def _confirmed(self, out: Outgoing, reply_to: str | None) -> bool:
+    async def _confirmed(self, out: Outgoing, reply_to: str | None, operation: str) -> bool:
         """Publish the event; whether the broker confirmed it."""
         try:
             await self._publisher.send(out, reply_to=reply_to)
         except PublishFailed as exc:
             log.warning("result not confirmed; the request will be redelivered", error=str(exc))
             return False
+        REQUESTS.labels(operation, out.outcome.value).inc()
         log.info(
             "result published", outcome=out.outcome.value, event_id=out.event_id, code=out.code
         )
@@ -272,7 +296,9 @@ class _Consumer:
         await self.drain()
 
 
-async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) -> None:
+async def run_worker(
+    settings: Settings, handler: Handler, stop: asyncio.Event, readiness: Readiness | None = None
+) -> None:
     """Consume requests until ``stop`` is set, then finish what is in flight and return.
 
     On ``stop``: the consumer is cancelled (no new deliveries), changes already running finish
@@ -285,7 +311,24 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
     (:func:`~worker.consumer.connect.connect_with_retry`: ``BrokerUnavailable`` after that,
     ``BrokerRefused`` at once for a refused login or vhost); afterwards a lost connection is
     re-established by aio-pika and the topology and consumer are restored.
+
+    ``readiness.broker`` (``/readyz``) and the broker metrics follow the consuming connection:
+    ready once consuming, not while a lost connection is being re-established, nor from
+    ``stop`` on.
     """
+    readiness = readiness or Readiness()
+    try:
+        await _consume(settings, handler, stop, readiness)
+    finally:
+        readiness.broker = "worker stopped"
+        BROKER_CONNECTED.set(0)
+    log.info("worker stopped")
+
+
+async def _consume(
+    settings: Settings, handler: Handler, stop: asyncio.Event, readiness: Readiness
+) -> None:
+    """:func:`run_worker` but for the end: connect, declare, consume, stop."""
     log.info("connecting", amqp_url=describe_urls(settings.amqp_urls))
     name = f"dhcp-failover-worker {socket.gethostname()}:{os.getpid()}"
     async with contextlib.AsyncExitStack() as connections:
@@ -310,6 +353,7 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
         publisher = EventPublisher(topology.event_exchange, reply_channel.default_exchange)
         consumer = _Consumer(settings, handler, publisher)
         tag = await topology.request_queue.consume(consumer.on_message)
+        _follow(connection, readiness)
         log.info(
             "worker started",
             queue=settings.request_queue,
@@ -325,10 +369,31 @@ async def run_worker(settings: Settings, handler: Handler, stop: asyncio.Event) 
             await consumer.abort()
             raise
         consumer.stopping = True
+        readiness.broker = "stopping: finishing the requests in flight"
         log.info("stopping: no new requests; finishing the ones in flight")
         await _cancel_consumer(topology.request_queue, tag)
         await consumer.drain()
-    log.info("worker stopped")
+
+
+def _follow(connection: AbstractRobustConnection, readiness: Readiness) -> None:
+    """Consuming now: keep ``readiness`` and the broker metrics in step with the connection
+    (aio-pika calls back on a loss, and once channels and consumer are restored)."""
+
+    def lost(_: AbstractConnection | None, exc: BaseException | None) -> None:
+        BROKER_CONNECTED.set(0)
+        if readiness.broker is None:  # not once stopping
+            readiness.broker = LOST
+
+    def restored(_: AbstractRobustConnection | None) -> None:
+        BROKER_CONNECTED.set(1)
+        BROKER_RECONNECTS.inc()
+        if readiness.broker == LOST:
+            readiness.broker = None
+
+    connection.close_callbacks.add(lost)
+    connection.reconnect_callbacks.add(restored)
+    BROKER_CONNECTED.set(1)
+    readiness.broker = None
 
 
 async def _cancel_consumer(queue: AbstractQueue, tag: str) -> None:

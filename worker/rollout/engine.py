@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from worker.failures import OperatorError
+from worker.health import serving
 from worker.messages import Outcome
+from worker.metrics import RolloutProgress
 from worker.rollout.broker import RequestChannel
 from worker.rollout.discovery import Discovery, Pair, discover, servers_of
 from worker.rollout.ids import preflight_id, request_id
@@ -160,7 +162,16 @@ async def prepare(
 async def execute(
     prepared: Prepared, settings: Settings, observer: Observer, stop: asyncio.Event
 ) -> Report:
-    """The waves, each after the last ended within the budget; the report of every pair."""
+    """The waves, each after the last ended within the budget; the report of every pair.
+    With ``http_port`` set, ``/metrics`` (the ``dhcp_failover_rollout_pairs`` gauges) and
+    ``/healthz`` are served while they run (a port already taken is only warned about)."""
+    async with serving(settings, None, required=False):
+        return await _waves(prepared, settings, observer, stop)
+
+
+async def _waves(
+    prepared: Prepared, settings: Settings, observer: Observer, stop: asyncio.Event
+) -> Report:
     spec = prepared.spec
     file = ResultsFile(spec.results)
     plan, waves = prepared.plan, prepared.waves
@@ -168,13 +179,18 @@ async def execute(
     wave_of = {p: i for i, wave in enumerate(waves, 1) for p in wave}
     results: dict[Pair, PairResult] = dict(prepared.done)
     state = _State(failures=sum(is_failure(r.outcome) for r in prepared.done.values()))
+    progress = RolloutProgress(
+        spec.rollout_id, total, len(prepared.done) - state.failures, state.failures
+    )
     file.append(_start_record(prepared, wave_of))
     observer.waves(waves, prepared.done)
 
     async def change(channel: RequestChannel, pair: Pair) -> None:
         observer.started(pair, wave_of[pair])
+        progress.started()
         rid = prepared.ids[pair]
         result = await _request(channel, spec, pair, rid, wave_of[pair], dry_run=False)
+        progress.finished(is_failure(result.outcome))
         results[pair] = result
         file.append({"rollout": spec.rollout_id, **result.record()})
         if is_failure(result.outcome):

@@ -20,6 +20,7 @@ import asyncssh
 import structlog
 
 from worker.errors import HostKeyMismatch, LockLost, Unreachable
+from worker.metrics import SSH_CONNECTIONS_OPEN, SSH_RECONNECTS
 from worker.settings import Settings
 from worker.transport.agent import Agent
 from worker.transport.inventory import ServerEntry
@@ -65,6 +66,24 @@ class SshOptions:
         return cls(
             connect_timeout=settings.connect_timeout, command_timeout=settings.command_timeout
         )
+
+
+class _Counted(asyncssh.SSHClient):
+    """Keeps ``dhcp_failover_ssh_connections_open`` right: asyncssh calls these on every
+    connection, however it ends (a close, a keepalive timeout, a reset)."""
+
+    def __init__(self, server: str) -> None:
+        self._open = SSH_CONNECTIONS_OPEN.labels(server)
+        self._counted = False
+
+    def auth_completed(self) -> None:
+        self._counted = True
+        self._open.inc()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self._open.dec()
 
 
 class _Gone(Exception):
@@ -192,6 +211,7 @@ class ServerConnection:
                     connect_timeout=self._options.connect_timeout,
                     keepalive_interval=self._options.keepalive_interval,
                     keepalive_count_max=self._options.keepalive_count_max,
+                    client_factory=lambda: _Counted(self._name),
                 ),
                 self._options.connect_timeout,
             )
@@ -225,6 +245,8 @@ class ServerConnection:
                 f"{e} (keys must be unencrypted)",
                 server=self._name,
             ) from e
+        if self.connections_opened:
+            SSH_RECONNECTS.labels(self._name).inc()
         self.connections_opened += 1
         log.debug(
             "ssh.connected",
