@@ -15,6 +15,12 @@ beside the live file and renamed over it (so the backup itself stays for the ope
 a server that was restarted on the new config -- or whose restart failed, leaving it down --
 is restarted again. A file that cannot be restored is probed to say which version it holds;
 such a server is not restarted, because restarting it would only run the wrong file.
+
+A restart that ran past ``command_timeout`` (stopped on the server) or lost its reply is
+*ambiguous*: dhcpd may run the new file, the old one, or nothing. It is never taken for a
+success, nor for a failure unseen: where the server has an ``omapi`` table the verify phase
+reads dhcpd and decides (:func:`restart_confirmed` / :func:`restart_unconfirmed`); without one
+it is undone like a failed restart (docs/design.md §7).
 """
 
 from __future__ import annotations
@@ -29,13 +35,16 @@ from worker.change.faults import step
 from worker.change.journal import Step, restore_path, save_journal
 from worker.change.model import FileChange, FileState, ServerChange, changed_only
 from worker.change.ports import CommandResult, RemoteHost
-from worker.errors import CommandFailed, WorkerError
-from worker.messages import Phase
+from worker.errors import Ambiguous, CommandFailed, WorkerError
+from worker.messages import Phase, WarningInfo
+from worker.metrics import timed
 
 log = structlog.stdlib.get_logger(__name__)
 
 #: How much of a failed restart's output an error carries.
 OUTPUT_TAIL = 2000
+#: The warning of a change whose restart timed out but whose dhcpd was seen running it.
+RESTART_TIMED_OUT = "restart_timed_out"
 
 
 def as_worker_error(exc: BaseException, phase: Phase, server: str | None = None) -> WorkerError:
@@ -77,6 +86,7 @@ def restart_error(server: str, result: CommandResult, phase: Phase) -> CommandFa
 # -- commit ----------------------------------------------------------------------------------
 
 
+@timed("commit")
 async def commit(changes: Sequence[ServerChange]) -> WorkerError | None:
     """Commit every changed server in order; the first failure is returned, not raised, so
     the caller decides the rollback in one place. Servers already running the new config
@@ -116,7 +126,10 @@ async def _commit_server(change: ServerChange) -> None:
         await step("renamed")  # test-only (worker/change/faults.py)
     log.info("commit.replaced", server=change.name, files=[f.path for f in pending])
     change.restart_attempted = True
-    result = await host.restart()
+    try:
+        result = await host.restart()
+    except Ambiguous as exc:
+        raise restart_unknown(change, exc) from exc
     if not result.ok:
         raise restart_error(change.name, result, Phase.commit)
     change.restarted = change.running_new = True
@@ -124,9 +137,66 @@ async def _commit_server(change: ServerChange) -> None:
     await step("restarted")  # test-only (worker/change/faults.py)
 
 
+# -- a restart whose result is unknown --------------------------------------------------------
+
+
+def restart_unknown(change: ServerChange, exc: Ambiguous) -> Ambiguous:
+    """The restart's own error, saying what it means for the change; ``detail.step`` marks
+    it for :func:`restart_timed_out`."""
+    then = (
+        "reading dhcpd over OMAPI to decide"
+        if change.host.omapi is not None
+        else "no omapi table to check it, so it is undone like a failed restart"
+    )
+    return Ambiguous(
+        f"restart on {change.name} did not finish, so whether dhcpd runs the new config is "
+        f"unknown ({then}): {exc.message}",
+        server=change.name,
+        phase=Phase.commit,
+        detail={**(exc.detail if isinstance(exc.detail, dict) else {}), "step": "restart"},
+    )
+
+
+def restart_timed_out(change: ServerChange, cause: WorkerError) -> bool:
+    """``change``'s commit stopped at an ambiguous restart, every file renamed, and its lock
+    still held (a lost connection took the lock: that change is ended from its journals)."""
+    return (
+        isinstance(cause, Ambiguous)
+        and isinstance(cause.detail, dict)
+        and cause.detail.get("step") == "restart"
+        and change.state() == "new"
+        and not change.host.lock_lost()
+    )
+
+
+def restart_confirmed(change: ServerChange, cause: WorkerError) -> WarningInfo:
+    """dhcpd was read running the new config after an ambiguous restart: it restarted. The
+    change goes on, and its result says the restart command did not finish."""
+    change.restarted = change.running_new = True
+    log.warning("commit.restart_confirmed", server=change.name, error=cause.message)
+    return WarningInfo(
+        code=RESTART_TIMED_OUT,
+        message=f"{cause.message}; dhcpd was then read over OMAPI running the new config, "
+        "so the change went ahead (the restart command should return once dhcpd is up)",
+        server=change.name,
+    )
+
+
+def restart_unconfirmed(cause: WorkerError, failure: WorkerError) -> WorkerError:
+    """After an ambiguous restart dhcpd was not seen running the new config: the restart is
+    taken as failed (``ambiguous``), with what the verify saw."""
+    return Ambiguous(
+        f"{cause.message}; dhcpd was not seen running the new config either: {failure.message}",
+        server=cause.server,
+        phase=Phase.commit,
+        detail={**cause.detail, "verify": failure.to_info().model_dump(mode="json")},
+    )
+
+
 # -- rollback --------------------------------------------------------------------------------
 
 
+@timed("rollback")
 async def rollback(changes: Sequence[ServerChange], request_id: str, cause: WorkerError) -> bool:
     """Restore every server the commit touched, last committed first. True when each holds
     its old files again and, where it had been restarted, was restarted on them."""

@@ -19,7 +19,7 @@ from worker.change.journal import check_path, staged_path
 from worker.change.ports import CommandResult, RemoteHost
 from worker.change.snapshot import encode, includes_of
 from worker.dhcpconf import parse_dhcpd_output, rewrite_includes
-from worker.errors import ValidationFailed
+from worker.errors import CommandFailed, ValidationFailed
 from worker.messages import Phase
 
 #: How much of dhcpd's raw output an error carries (its banner is long, the error is at the end).
@@ -98,10 +98,16 @@ async def validate_tree(
         raise validation_error(host.name, result, setup.path_map)
 
 
+#: The shell's exit statuses for a command it could not run (not executable, not found).
+CANNOT_RUN = (126, 127)
+
+
 def validation_error(
     server: str, result: CommandResult, path_map: Mapping[str, str]
-) -> ValidationFailed:
-    """dhcpd's refusal as the result event's error: its first error, file, line, raw tail."""
+) -> ValidationFailed | CommandFailed:
+    """dhcpd's refusal as the result event's error: its first error, file, line, raw tail.
+    A command the shell could not run (dhcpd missing) is no refusal: ``command_failed``,
+    with the shell's own words."""
     output = "\n".join(part for part in (result.stdout, result.stderr) if part)
     diagnosis = parse_dhcpd_output(output, path_map)
     detail: dict[str, Any] = diagnosis.to_detail() if diagnosis else {}
@@ -109,6 +115,15 @@ def validation_error(
         output = output.replace(staged, live)
     detail["exitStatus"] = result.exit_status
     detail["output"] = output[-OUTPUT_TAIL:]
+    if diagnosis is None and result.exit_status in CANNOT_RUN:
+        said = output.strip().splitlines()[-1] if output.strip() else "no output"
+        return CommandFailed(
+            f"the validate_command on {server} could not run (exit status "
+            f"{result.exit_status}): {said}; is dhcpd installed where the inventory says?",
+            server=server,
+            phase=Phase.validate,
+            detail=detail,
+        )
     first = diagnosis.message if diagnosis else f"exit status {result.exit_status}"
     where = f" ({diagnosis.file} line {diagnosis.line})" if diagnosis else ""
     return ValidationFailed(

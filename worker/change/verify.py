@@ -59,7 +59,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from worker.change.commit import commit, rollback, rollback_failed_error
+from worker.change.commit import (
+    commit,
+    restart_confirmed,
+    restart_timed_out,
+    restart_unconfirmed,
+    rollback,
+    rollback_failed_error,
+)
 from worker.change.faults import step
 from worker.change.model import ServerChange, changed_only
 from worker.change.readings import (
@@ -77,7 +84,15 @@ from worker.change.running import RunningState
 from worker.change.snapshot import read_snapshot
 from worker.dhcpconf import ConfigSet
 from worker.errors import OmapiUnreachable, VerifyFailed, WorkerError
-from worker.messages import ModifyRequest, Phase, RemoveRequest, ResultData, RunningInfo
+from worker.messages import (
+    ModifyRequest,
+    Phase,
+    RemoveRequest,
+    ResultData,
+    RunningInfo,
+    WarningInfo,
+)
+from worker.metrics import spend
 
 NO_OMAPI = "no omapi in inventory"
 POLL_INTERVAL = 0.05  # seconds between readings; the first is taken at once
@@ -94,6 +109,7 @@ class Verification:
     spent: float = 0.0
     ran: bool = False  # a verify ran after a restart
     verified: bool = False
+    notes: list[WarningInfo] = field(default_factory=list)  # added to the result's warnings
     _expected: dict[tuple[str, Version], list[Expected]] = field(default_factory=dict)
     _last: dict[tuple[str, str], tuple[datetime, RunningState | None]] = field(default_factory=dict)
     _baseline: dict[tuple[str, str], RunningState | None] = field(default_factory=dict)
@@ -182,8 +198,10 @@ class Verification:
             started = time.time()
             cause = await commit([change])
             self._forget(change.name)
-            if cause is not None:
-                return cause
+            if cause is not None and not (
+                change.host.omapi is not None and restart_timed_out(change, cause)
+            ):
+                return cause  # else its dhcpd decides (worker/change/commit.py)
             if already:
                 continue
             restarts[change.name] = started
@@ -194,7 +212,9 @@ class Verification:
                 for e in await self._expect(change, "new")
             ]
             if failure := await self._wait(probes, f"after the restart of {change.name}"):
-                return failure
+                return failure if cause is None else restart_unconfirmed(cause, failure)
+            if cause is not None:
+                self.notes.append(restart_confirmed(change, cause))
         failure = await self._pair("new", restarts, lenient=set())
         await step("verified")  # test-only (worker/change/faults.py)
         return failure
@@ -305,7 +325,8 @@ class Verification:
                     return self._error(probes, readings, verdicts, waiting, code, when)
                 await asyncio.sleep(POLL_INTERVAL)
         finally:
-            self.spent += time.monotonic() - start
+            self.spent += (elapsed := time.monotonic() - start)
+            spend("verify", elapsed)
 
     async def _round(self, probes: list[Probe], deadlines: list[float]) -> list[Reading]:
         """One reading of every probe: servers at once, one server's relationships in turn."""
@@ -379,6 +400,7 @@ class Verification:
             )
         return result.model_copy(
             update={
+                "warnings": [*result.warnings, *self.notes],
                 "servers": [
                     s.model_copy(update={"running": self.running(s.name)}) for s in result.servers
                 ],

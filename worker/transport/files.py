@@ -40,6 +40,7 @@ class SftpFiles(ServerConnection):
         op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
         *,
         mutating: bool,
+        where: str | None = None,
     ) -> T:
         """Run one SFTP step with the timeout and the failure mapping of
         :mod:`worker.transport.ssh`.
@@ -49,7 +50,7 @@ class SftpFiles(ServerConnection):
         """
         for attempt in (1, 2):  # a plain loop: tenacity's machinery cost more than the request
             try:
-                return await self._sftp_once(what, op, mutating=mutating)
+                return await self._sftp_once(what, op, mutating=mutating, where=where)
             except _Gone:
                 if attempt == 2:
                     raise
@@ -61,6 +62,7 @@ class SftpFiles(ServerConnection):
         op: Callable[[asyncssh.SFTPClient], Awaitable[T]],
         *,
         mutating: bool,
+        where: str | None = None,
     ) -> T:
         self._check_lock()
         sftp = await self._sftp_client()
@@ -72,6 +74,11 @@ class SftpFiles(ServerConnection):
             raise RemoteFileNotFound(f"{self._name}: {what}: {e.reason}", server=self._name) from e
         except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection) as e:
             self._lost(what, e, conn, mutating=mutating)
+        except asyncssh.SFTPFailure as e:
+            cause = await _failure_cause(sftp, where) if mutating and where else ""
+            raise RemoteFileError(
+                f"{self._name}: {what}: {e.reason}{cause}", server=self._name
+            ) from e
         except asyncssh.SFTPError as e:
             raise RemoteFileError(f"{self._name}: {what}: {e.reason}", server=self._name) from e
         except TimeoutError as e:
@@ -211,7 +218,7 @@ class SftpFiles(ServerConnection):
                         await sftp.remove(tmp)
                 raise
 
-        await self._sftp_call(f"write {path}", op, mutating=True)
+        await self._sftp_call(f"write {path}", op, mutating=True, where=path)
 
     async def _set_owner_and_mode(
         self,
@@ -287,3 +294,27 @@ async def _outcome(step: Awaitable[object]) -> object:
 
 async def _nothing() -> None:
     """A step already taken, or one taken afterwards on its own."""
+
+
+#: Free space below which a refused write is put down to a full file system.
+_NEARLY_FULL = 64 * 1024
+_ST_RDONLY = 1
+
+
+async def _failure_cause(sftp: asyncssh.SFTPClient, path: str) -> str:
+    """OpenSSH's sftp-server answers ENOSPC and EROFS with a bare "Failure": say which it
+    likely was, from the file system's figures (``statvfs@openssh.com``); "" when unknown."""
+    directory = posixpath.dirname(path) or "/"
+    try:
+        async with asyncio.timeout(5):
+            vfs = await sftp.statvfs(directory)
+    except (asyncssh.Error, OSError, TimeoutError):
+        return ""
+    if vfs.flags & _ST_RDONLY:
+        return f" (the file system of {directory} is read-only)"
+    free = vfs.bavail * vfs.frsize
+    if free < _NEARLY_FULL:
+        return f" (no space left on the file system of {directory}: {free} bytes free)"
+    if vfs.files and not vfs.favail:
+        return f" (no free inodes left on the file system of {directory})"
+    return ""
