@@ -52,6 +52,7 @@ from aio_pika.abc import (
 from aio_pika.exceptions import AMQPError, ChannelInvalidStateError
 
 from worker.change.faults import step
+from worker.consumer.amqp_text import amqp_text, tolerate_non_utf8
 from worker.consumer.connect import connect_with_retry, describe_urls
 from worker.consumer.events import EventPublisher, Outgoing, PublishFailed, reply_allowed
 from worker.consumer.intake import Delivery, read_delivery
@@ -68,6 +69,8 @@ from worker.metrics import (
     REQUESTS,
 )
 from worker.settings import Settings
+
+tolerate_non_utf8()  # before any connection (worker/consumer/amqp_text.py says why)
 
 log = get_logger(__name__)
 
@@ -234,7 +237,7 @@ class _Consumer:
             delivery,
             data,
             self._settings,
-            correlation_id=message.correlation_id or delivery.request_id,
+            correlation_id=amqp_text(message.correlation_id) or delivery.request_id,
             duration_ms=int((time.monotonic() - started) * 1000),
         )
         task = asyncio.create_task(
@@ -245,7 +248,7 @@ class _Consumer:
 
     def _reply_to(self, message: AbstractIncomingMessage, out: Outgoing) -> str | None:
         """The request's ``reply_to`` if the worker may answer there (:func:`reply_allowed`)."""
-        reply_to = message.reply_to
+        reply_to = amqp_text(message.reply_to)  # one that is not UTF-8: no reply
         if not reply_to or reply_allowed(reply_to, self._settings.reply_prefixes):
             return reply_to or None
         log.warning(

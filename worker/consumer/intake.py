@@ -37,6 +37,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 from pydantic_core import from_json
 
+from worker.consumer.amqp_text import amqp_text
 from worker.logging import get_logger, redact_text
 from worker.messages import (
     COMMAND_OPERATION,
@@ -303,7 +304,7 @@ def _unreadable(
 
 
 def _text(value: object) -> str | None:
-    return value if isinstance(value, str) else None
+    return amqp_text(value)
 
 
 _AT = re.compile(r"at line (\d+) column (\d+)$")
