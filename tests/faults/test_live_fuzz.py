@@ -145,6 +145,14 @@ async def test_fuzzed_deliveries_each_end_in_their_one_outcome_on_a_live_worker(
     assert all(host.restarts() == [] for host in hosts.hosts.values())
     assert leftovers(hosts) == {}
     assert max(memory.samples) < RSS_LIMIT_KB, memory.figures()
+    record(
+        "poison: fuzzed deliveries on a live worker",
+        f"{len(cases)} payloads",
+        "rejected each; unreadable ones dead-lettered once",
+        payloads=len(cases),
+        requests=len(cases),
+        faults=len(cases),
+    )
 
 
 async def test_deliveries_with_properties_that_are_not_utf8_are_answered_like_any_other(
@@ -266,3 +274,10 @@ async def test_a_thousand_requests_queued_at_once_are_each_answered_once_in_boun
     assert all(host.restarts() == [] for host in hosts.hosts.values())
     assert leftovers(hosts) == {}
     assert max(memory.samples) < RSS_LIMIT_KB, memory.figures()
+    record(
+        "volume: requests queued at once",
+        f"{VOLUME} dry runs over {VOLUME_PAIRS} pairs; {memory.figures()}",
+        "succeeded, each once",
+        requests=VOLUME,
+        faults=0,
+    )
