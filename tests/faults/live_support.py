@@ -28,9 +28,10 @@ from hypothesis import strategies as st
 
 from tests.consumer.payloads import PAYLOADS, PROPERTIES, TEXT, WIRE_TEXT
 from tests.consumer.support import CheckedEvent, EventTap
-from tests.faults.cluster_support import WorkerProcess
+from tests.faults.cluster_support import WorkerProcess, leftovers
 from worker.consumer.amqp_text import amqp_text
 from worker.consumer.intake import read_delivery
+from worker.demo.localhosts import LocalHosts
 from worker.messages import MAX_REQUEST_BYTES, Outcome, safe_text
 from worker.settings import Settings
 
@@ -38,6 +39,9 @@ from worker.settings import Settings
 STALL = 60.0
 #: What aiormq logs when it drops a connection on a frame it cannot parse.
 DROPPED = "Cancelling cause reader exited abnormally"
+
+#: The worker's RSS bound in the live tests: only gross leaks (the figures are printed).
+RSS_LIMIT_KB = 300 * 1024
 
 T = TypeVar("T")
 
@@ -351,3 +355,11 @@ def undecodable_case(draw_: st.DrawFn) -> Case:
         return replace(case, headers={**case.headers, bad: 1})
     where = draw_(st.sampled_from(["message_id", "correlation_id", "reply_to", "content_type"]))
     return replace(case, **{where: bad})
+
+
+def assert_untouched(hosts: LocalHosts, before: dict[str, bytes], memory: Memory) -> None:
+    """The pair as it was (no file changed, no restart, nothing left) and memory bounded."""
+    assert {name: host.config_bytes() for name, host in hosts.hosts.items()} == before
+    assert all(host.restarts() == [] for host in hosts.hosts.values())
+    assert leftovers(hosts) == {}
+    assert max(memory.samples) < RSS_LIMIT_KB, memory.figures()

@@ -259,10 +259,8 @@ async def _attempt(run: Run) -> ResultData:
                 return previous
     except (LockTimeout, LockLost):
         raise
-    except Rejected as exc:
-        return run.result(Outcome.rejected, [], exc)
     except Exception as exc:
-        return run.result(Outcome.failed, [], as_worker_error(exc, Phase.plan))
+        return _plan_failed(run, exc)
     if not any(c.changed for c in changes):
         return run.result(Outcome.succeeded, changes, None, warnings)
     await step("planned")  # test-only (worker/change/faults.py)
@@ -283,6 +281,13 @@ async def _attempt(run: Run) -> ResultData:
         return run.result(Outcome.failed, changes, error, warnings)
     finally:
         run.drop_prefetched()
+
+
+def _plan_failed(run: Run, exc: Exception) -> ResultData:
+    """A plan that raised: ``rejected`` when the request is at fault, else ``failed``."""
+    if isinstance(exc, Rejected):
+        return run.result(Outcome.rejected, [], exc)
+    return run.result(Outcome.failed, [], as_worker_error(exc, Phase.plan))
 
 
 def _overtaken(result: ResultData) -> bool:
@@ -310,10 +315,8 @@ async def _replan_locked(run: Run, held: Sequence[ServerChange]) -> ResultData |
         changes, warnings = await plan(run)
     except (LockTimeout, LockLost):
         raise
-    except Rejected as exc:
-        return run.result(Outcome.rejected, [], exc)
     except Exception as exc:
-        return run.result(Outcome.failed, [], as_worker_error(exc, Phase.plan))
+        return _plan_failed(run, exc)
     if not {c.name for c in changes} <= {c.name for c in held}:
         return None
     if not any(c.changed for c in changes):
