@@ -83,9 +83,12 @@ async def test_a_failed_outcome_whose_ack_is_lost_is_not_followed_by_another(
         assert first.event.id == f"{request_id}/failed"  # validation failed: nothing changed
         assert not marker.exists()
         await proxy.triggered.wait()  # ... and its ack never reached the broker
+        # The worker reconnects (after 5 s) and gets the request again: answered from the
+        # done record the failed outcome left, with the same event.
+        again = await tap.next_checked(within=60)
         await assert_depth(amqp, broker_settings.request_queue, 0, within=30)
         await change_ended(*hosts.hosts.values())
-        later: list[str | None] = []
+        later: list[str | None] = [again.message.message_id]
         with contextlib.suppress(TimeoutError):
             while True:  # everything else the event exchange gets, until 5 s of quiet
                 later.append((await tap.next(within=5)).message_id)
@@ -93,8 +96,12 @@ async def test_a_failed_outcome_whose_ack_is_lost_is_not_followed_by_another(
         status = await asyncio.to_thread(worker.stop)  # the proxy runs on this loop
         await proxy.close()
 
-    # One outcome per request id: the redelivery answers ``failed`` again, or nothing.
-    assert set(later) <= {f"{request_id}/failed"}, later
+    # One outcome per request id: the redelivery answers ``failed`` again.
+    assert set(later) == {f"{request_id}/failed"}, later
+    assert again.event.id == first.event.id  # the recorded outcome, durationMs aside:
+    assert again.event.data.model_dump(exclude={"durationMs"}) == first.event.data.model_dump(
+        exclude={"durationMs"}
+    )
     assert {name: host.config_bytes() for name, host in hosts.hosts.items()} == before
     assert hosts.hosts[SECONDARY].restarts() == []
     assert status == 0
