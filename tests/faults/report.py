@@ -70,11 +70,15 @@ def markdown(rows: Iterable[dict[str, Any]]) -> str:
     requests = sum(int(r.get("requests", 1)) for r in rows)
     lines += [
         "",
-        f"- cases proved: {len(rows)}; faults injected: {faults}; requests: {requests}",
+        f"- cases proved: {len(rows)}; faults injected: {faults} (a fuzzed payload counts as "
+        f"one); requests: {requests}",
         "- pairs left inconsistent: 0; requests lost: 0; requests with two different "
         "outcomes: 0 (each case asserts all three: a row exists only for a case that held)",
         f"- payloads fuzzed: {payloads}; worker crashes: 0",
-        f"- largest time from fault to terminal outcome: {max(timed):.2f} s" if timed else "",
+        f"- largest time from fault to terminal outcome: {max(timed):.2f} s (over the "
+        f"{len(timed)} timed cases)"
+        if timed
+        else "",
     ]
     return "\n".join(lines) + "\n"
 
