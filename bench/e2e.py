@@ -1,7 +1,7 @@
 """Benchmark: publish -> result event latency of a warm worker, beside its floor and Ansible.
 
-    python bench/e2e.py [--modifies 60] [--ansible-runs 5] [--pause MS] [--plain-login]
-                        [--amqp-url URL]
+    python bench/e2e.py [--modifies 60] [--ansible-runs 5] [--steps 20] [--pause MS]
+                        [--plain-login] [--amqp-url URL]
 
 Two OpenSSH servers on 127.0.0.1 stand in for the DHCP pair (worker.demo.localhosts: the sample
 configs, the real ``dhcpd -t`` as validator, a restart script that records each restart), and
@@ -30,7 +30,13 @@ account on a real DHCP host would have: then an exec costs milliseconds, not a t
   request to a quorum queue, a trivial consumer answering on ``reply_to`` with confirms.
 * **ansible**: ``ansible-playbook`` with ``replace`` (``validate:`` the hosts' ``dhcpd -t``
   script) and then the restart script, pipelining and ControlPersist on, host keys checked
-  against the same known_hosts; each run timed whole, as an operator would run it.
+  against the same known_hosts; each run timed whole, as an operator would run it
+  (bench/playbook.py).
+* **steps**: after the rest, ``--steps`` more worker changes with every server call timed
+  (bench/steps.py): each change's publish -> result window cut into intake, plan, lock,
+  recheck, stage, validate, journal, backup, rename, restart, record, cleanup and the
+  worker's own time between server calls; printed as shares, milliseconds and calls per
+  change. Not part of the figures above.
 
 Worker, floor and broker samples are taken in interleaved blocks so that a change in the
 machine's load affects them alike. Everything started here is stopped at the end.
@@ -45,15 +51,12 @@ import json
 import os
 import re
 import shlex
-import shutil
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -61,80 +64,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import aio_pika
 import asyncssh
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractIncomingMessage
 
+from bench.playbook import playbook, plays
+from bench.rig import DEFAULT_AMQP, Figures, Requester, bench_settings
+from bench.steps import Shares, Window, print_shares, received_at, shares, timing
 from worker.consumer.topology import declare_topology
 from worker.demo import PRIMARY, RELATIONSHIP, SAMPLE_ADDRESSES, SECONDARY, sample_configs
 from worker.demo.localhosts import LocalHosts
 from worker.messages import MODIFY_COMMAND
 from worker.service import serve
-from worker.settings import Settings
 from worker.transport import ServerEntry, load_inventory
 
-DEFAULT_AMQP = os.environ.get("DHCP_FAILOVER_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-REPLY_TIMEOUT = 60.0
 MRD = re.compile(rb"max-response-delay \d+;")
-
-
-@dataclass
-class Figures:
-    """One measured series, in milliseconds."""
-
-    name: str
-    samples: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.samples)
-
-    @property
-    def p95(self) -> float:
-        if len(self.samples) < 2:
-            return self.samples[0]
-        return statistics.quantiles(self.samples, n=20, method="inclusive")[-1]
-
-
-# -- RabbitMQ: one warm requester ----------------------------------------------------------------
-
-
-class Requester:
-    """A warm AMQP connection that publishes requests and matches replies on ``reply_to``."""
-
-    def __init__(self, url: str) -> None:
-        self._url = url
-        self._pending: dict[str, asyncio.Future[bytes]] = {}
-
-    async def open(self) -> None:
-        self.connection = await aio_pika.connect(self._url)
-        self.channel = await self.connection.channel(publisher_confirms=True)
-        self.replies = await self.channel.declare_queue(exclusive=True, auto_delete=True)
-        await self.replies.consume(self._on_reply, no_ack=True)
-
-    async def close(self) -> None:
-        await self.connection.close()
-
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        future = self._pending.pop(message.correlation_id or "", None)
-        if future is not None and not future.done():
-            future.set_result(message.body)
-
-    async def call(self, exchange: AbstractExchange, key: str, body: bytes) -> tuple[float, bytes]:
-        """Publish and wait for the reply: (milliseconds from publish to reply, reply body)."""
-        cid = uuid.uuid4().hex
-        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[cid] = future
-        message = aio_pika.Message(
-            body,
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=cid,
-            correlation_id=cid,
-            reply_to=self.replies.name,
-        )
-        started = time.perf_counter()
-        await exchange.publish(message, key)
-        reply = await asyncio.wait_for(future, REPLY_TIMEOUT)
-        return (time.perf_counter() - started) * 1000, reply
 
 
 # -- the worker --------------------------------------------------------------------------------
@@ -143,23 +85,13 @@ class Requester:
 class WorkerBench:
     """The real worker in this process, fed through the broker; one change per call."""
 
-    def __init__(self, hosts: LocalHosts, url: str, log: TextIO) -> None:
-        prefix = f"dfw-bench-{uuid.uuid4().hex[:8]}"
-        self.settings = Settings(
-            amqp_url=url,
-            inventory=hosts.inventory_path,
-            request_exchange=f"{prefix}.requests",
-            request_queue=f"{prefix}.requests",
-            dead_letter_exchange=f"{prefix}.dlx",
-            dead_letter_queue=f"{prefix}.dead",
-            event_exchange=f"{prefix}.events",
-            log_format="json",
-            log_level="info",
-        )
-        self.prefix = prefix
+    def __init__(self, inventory: Path, url: str, log: TextIO) -> None:
+        self.settings = bench_settings(url, inventory=inventory)
+        self.prefix = self.settings.request_queue
         self.log = log
         self.latency = Figures("worker")
         self.inside = Figures("worker, change itself")
+        self.windows: list[Window] = []  # every change's publish and reply (wall clock)
         self._count = 0
 
     async def start(self, requester: Requester) -> None:
@@ -173,8 +105,9 @@ class WorkerBench:
 
     async def change(self, mrd: int, *, record: bool = True) -> None:
         self._count += 1
+        request_id = f"{self.prefix}-{self._count}"
         body = {
-            "requestId": f"{self.prefix}-{self._count}",
+            "requestId": request_id,
             "command": MODIFY_COMMAND,
             "params": {
                 "Name": RELATIONSHIP,
@@ -183,12 +116,13 @@ class WorkerBench:
                 "MaxResponseDelay": mrd,
             },
         }
-        request = json.dumps(body).encode()
-        ms, reply = await self.requester.call(self.exchange, "request.modify", request)
+        ms, reply = await self.requester.call(self.exchange, "request.modify", body)
+        replied = time.time()
         data = json.loads(reply)["data"]
         changed = [s["changed"] for s in data["servers"]]
         if data["outcome"] != "succeeded" or changed != [True, True]:
             raise RuntimeError(f"worker change {self._count}: {json.dumps(data)[:2000]}")
+        self.windows.append(Window(request_id, replied - ms / 1000, replied))
         if record:
             self.latency.samples.append(ms)
             self.inside.samples.append(float(data["durationMs"]))
@@ -239,7 +173,7 @@ class BrokerBench:
         await self.queue.consume(answer)
 
     async def round_trip(self, *, record: bool = True) -> None:
-        ms, _ = await self.requester.call(self.exchange, "request.ping", b"{}")
+        ms, _ = await self.requester.call(self.exchange, "request.ping", {})
         if record:
             self.figures.samples.append(ms)
 
@@ -353,105 +287,29 @@ async def _floor_host(s: ServerEntry) -> FloorHost:
 
 # -- Ansible ---------------------------------------------------------------------------------------
 
-PLAYBOOK = """\
-- hosts: dhcp
-  gather_facts: false
-  tasks:
-    - name: max-response-delay
-      ansible.builtin.replace:
-        path: "{{ config }}"
-        regexp: 'max-response-delay \\d+;'
-        replace: "max-response-delay {{ mrd }};"
-        validate: "{{ validate }} %s"
-      register: edited
-    - name: restart and verify
-      ansible.builtin.shell: "{{ restart }}"
-      when: edited is changed
-"""
-
 
 def ansible_runs(hosts: LocalHosts, workdir: Path, runs: int, first: int) -> Figures:
     """Time ``ansible-playbook`` runs making the change; check each one really changed."""
-    playbook_bin = Path(sys.executable).parent / "ansible-playbook"
-    binary = str(playbook_bin) if playbook_bin.exists() else shutil.which("ansible-playbook")
-    if binary is None:
-        raise RuntimeError("ansible-playbook not found (pip install ansible-core)")
-    base = workdir / "ansible"
-    for sub in ("cp", "home", "local-tmp", "remote-tmp"):
-        (base / sub).mkdir(parents=True, exist_ok=True)
-    python = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
-    inventory = load_inventory(hosts.inventory_path)
-    lines = ["[dhcp]"]
-    for name, s in inventory.servers.items():
-        restart = s.restart_command + (f" && {s.verify_command}" if s.verify_command else "")
-        validate = s.validate_command.replace("{path}", "").strip()
-        lines.append(
-            f"{name} ansible_host={s.host} ansible_port={s.port} config={s.config_path} "
-            f"validate={shlex.quote(validate)} restart={shlex.quote(restart)}"
-        )
-    first_server = next(iter(inventory.servers.values()))
-    known_hosts = first_server.known_hosts
-    lines += [
-        "[dhcp:vars]",
-        f"ansible_user={first_server.username}",
-        f"ansible_ssh_private_key_file={first_server.client_keys[0]}",
-        "ansible_ssh_common_args='-F /dev/null "
-        f"-o UserKnownHostsFile={known_hosts} -o StrictHostKeyChecking=yes'",
-        f"ansible_python_interpreter={python}",
-    ]
-    (base / "inventory.ini").write_text("\n".join(lines) + "\n")
-    (base / "play.yml").write_text(PLAYBOOK)
-    (base / "ansible.cfg").write_text(
-        "[defaults]\n"
-        "host_key_checking = True\n"
-        "retry_files_enabled = False\n"
-        f"remote_tmp = {base / 'remote-tmp'}\n"
-        f"local_tmp = {base / 'local-tmp'}\n"
-        "[ssh_connection]\n"
-        "pipelining = True\n"
-        "ssh_args = -o ControlMaster=auto -o ControlPersist=60s\n"
-        f"control_path_dir = {base / 'cp'}\n"
-    )
-    env = {
-        **os.environ,
-        "ANSIBLE_CONFIG": str(base / "ansible.cfg"),
-        "ANSIBLE_HOME": str(base / "home"),
-        "ANSIBLE_NOCOLOR": "1",
-    }
     figures = Figures("ansible")
-    try:
+    with playbook(hosts, workdir, plays("dhcp")) as play:
         for i in range(runs):
             mrd = first + i % 2
             before = {n: len(h.restarts()) for n, h in hosts.hosts.items()}
-            command = [
-                binary, "-i", str(base / "inventory.ini"), str(base / "play.yml"),
-                "-e", f"mrd={mrd}",
-            ]  # fmt: skip
-            started = time.perf_counter()
-            done = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-            figures.samples.append((time.perf_counter() - started) * 1000)
-            if done.returncode != 0:
-                raise RuntimeError(f"ansible-playbook failed:\n{done.stdout}\n{done.stderr}")
+            figures.samples.append(play.run(mrd=mrd) * 1000)
             for name, h in hosts.hosts.items():
                 if f"max-response-delay {mrd};".encode() not in h.config_bytes():
                     raise RuntimeError(f"ansible run {i}: {name} was not changed")
                 if len(h.restarts()) != before[name] + 1:
                     raise RuntimeError(f"ansible run {i}: {name} was not restarted once")
-    finally:
-        for socket in (base / "cp").iterdir():  # the ControlPersist masters
-            subprocess.run(
-                ["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "bench"],
-                capture_output=True,
-                check=False,
-                timeout=10,
-            )
     return figures
 
 
 # -- the run -------------------------------------------------------------------------------------
 
 
-async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) -> list[Figures]:
+async def measure(
+    args: argparse.Namespace, hosts: LocalHosts, workdir: Path
+) -> tuple[list[Figures], Shares | None]:
     """Worker, floor, floor/sh and broker, in interleaved blocks; all warm."""
     floor, floor_sh, serial = Figures("floor"), Figures("floor/sh"), Figures("floor/sh serial")
     async with contextlib.AsyncExitStack() as stack:  # closes whatever was started, in reverse
@@ -459,7 +317,7 @@ async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) ->
         requester = Requester(args.amqp_url)
         await requester.open()
         stack.push_async_callback(requester.close)
-        worker = WorkerBench(hosts, args.amqp_url, log)
+        worker = WorkerBench(hosts.inventory_path, args.amqp_url, log)
         await worker.start(requester)
         stack.push_async_callback(worker.close)
         broker = BrokerBench(args.amqp_url)
@@ -499,7 +357,16 @@ async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) ->
                 await asyncio.sleep(pause)
                 await broker.round_trip()
             print(f"  {start + count}/{args.modifies} rounds", flush=True)
-    return [worker.latency, worker.inside, floor, floor_sh, serial, broker.figures]
+        steps = None
+        if args.steps:
+            worker.windows.clear()  # a series of its own, not in the figures above
+            with timing() as timeline:
+                for i in range(args.steps):
+                    await asyncio.sleep(pause)
+                    await worker.change(40 + i % 2, record=False)
+            log.flush()
+            steps = shares(worker.windows, timeline, received_at(workdir / "worker.log"))
+    return [worker.latency, worker.inside, floor, floor_sh, serial, broker.figures], steps
 
 
 def report(figures: dict[str, Figures], command: str) -> None:
@@ -536,6 +403,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=3, help="unmeasured changes first")
     parser.add_argument("--ansible-runs", type=int, default=5, help="0 to skip Ansible")
     parser.add_argument(
+        "--steps", type=int, default=20, help="changes timed step by step, after the rest (0: none)"
+    )
+    parser.add_argument(
         "--plain-login",
         action="store_true",
         help="sessions get an empty HOME: no start-up files (a typical DHCP host's account)",
@@ -555,11 +425,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             workdir, sample_configs(), addresses=SAMPLE_ADDRESSES, plain_login=args.plain_login
         ) as hosts:
             print(f"measuring {args.modifies} changes per series (+{args.warmup} warm-up)")
-            series = asyncio.run(measure(args, hosts, workdir))
+            series, steps = asyncio.run(measure(args, hosts, workdir))
             if args.ansible_runs > 0:
                 print(f"running ansible-playbook {args.ansible_runs} times", flush=True)
                 series.append(ansible_runs(hosts, workdir, args.ansible_runs, first=60))
         report({f.name: f for f in series}, command.strip())
+        if steps is not None:
+            print_shares(steps)
     return 0
 
 

@@ -62,14 +62,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pypureomapi  # type: ignore[import-untyped,unused-ignore]
 
-from bench.e2e import DEFAULT_AMQP, Figures, Requester, WorkerBench
+from bench.e2e import WorkerBench
+from bench.rig import DEFAULT_AMQP, Figures, Requester
 from worker.lab import NORMAL, Lab, LabUnavailable, as_int, dhcpd
 from worker.messages import MODIFY_COMMAND
 
@@ -254,9 +254,7 @@ class Changer:
                 "MaxResponseDelay": mrd,
             },
         }
-        ms, reply = await self.worker.requester.call(
-            self.worker.exchange, "request.modify", json.dumps(body).encode()
-        )
+        ms, reply = await self.worker.requester.call(self.worker.exchange, "request.modify", body)
         data = json.loads(reply)["data"]
         changed = [s["changed"] for s in data["servers"]]
         problem = data["outcome"] != "succeeded" or changed != [True, True]
@@ -306,9 +304,7 @@ async def measure(
         stack.push_async_callback(requester.close)
         changers = {}
         for omapi in (True, False):
-            worker = WorkerBench(
-                SimpleNamespace(inventory_path=inventories[omapi]), args.amqp_url, log
-            )
+            worker = WorkerBench(inventories[omapi], args.amqp_url, log)
             await worker.start(requester)
             stack.push_async_callback(worker.close)
             changers[omapi] = Changer(worker, verified=omapi)

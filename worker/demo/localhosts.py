@@ -60,7 +60,7 @@ class Restart:
 
 @dataclass
 class LocalHost:
-    """One stand-in DHCP server: an sshd on 127.0.0.1:``port`` and its files under ``root``."""
+    """One stand-in DHCP server: an sshd on ``listen``:``port`` and its files under ``root``."""
 
     name: str
     root: Path
@@ -71,6 +71,8 @@ class LocalHost:
     restart_log: Path
     sshd_log: Path
     process: subprocess.Popen[bytes] = field(repr=False)
+    #: The loopback address its sshd listens on (one sshd may serve several: bench/rig.py).
+    listen: str = "127.0.0.1"
 
     @property
     def config_dir(self) -> Path:
@@ -196,8 +198,8 @@ class LocalHosts:
         return self
 
     def write_known_hosts(self) -> None:
-        """(Re)write known_hosts with every host's real key, as ``[127.0.0.1]:PORT type key``."""
-        lines = [f"[127.0.0.1]:{h.port} {h.host_key_line}\n" for h in self.hosts.values()]
+        """(Re)write known_hosts with every host's real key, as ``[ADDRESS]:PORT type key``."""
+        lines = [f"[{h.listen}]:{h.port} {h.host_key_line}\n" for h in self.hosts.values()]
         self.known_hosts.write_text("".join(lines))
 
     def write_inventory(self) -> None:
@@ -207,7 +209,7 @@ class LocalHosts:
         for h in self.hosts.values():
             bin_dir = h.root / "bin"
             fields = {
-                "host": "127.0.0.1",
+                "host": h.listen,
                 "port": h.port,
                 "username": user,
                 "client_keys": [str(self.client_key.relative_to(self.base_dir))],
@@ -324,7 +326,12 @@ def _start_host(
 
 
 def _write_sshd_config(
-    root: Path, port: int, host_key: Path, token: str, home: Path | None = None
+    root: Path,
+    port: int,
+    host_key: Path,
+    token: str,
+    home: Path | None = None,
+    listen: Sequence[str] = ("127.0.0.1",),
 ) -> Path:
     sftp = "/usr/lib/openssh/sftp-server"
     path = root / "sshd_config"
@@ -332,7 +339,7 @@ def _write_sshd_config(
         "\n".join(
             [
                 f"Port {port}",
-                "ListenAddress 127.0.0.1",
+                *(f"ListenAddress {address}" for address in listen),
                 f"HostKey {host_key}",
                 f"PidFile {root / 'sshd.pid'}",
                 f"AuthorizedKeysFile {root / 'authorized_keys'}",
@@ -441,14 +448,16 @@ def _free_port() -> int:
         return port
 
 
-def _wait_for_banner(port: int, process: subprocess.Popen[bytes], timeout: float) -> bool:
+def _wait_for_banner(
+    port: int, process: subprocess.Popen[bytes], timeout: float, host: str = "127.0.0.1"
+) -> bool:
     """True once sshd answers with its SSH banner; False if it exited or time ran out."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return False
         try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1.0) as s:
+            with socket.create_connection((host, port), timeout=1.0) as s:
                 if s.recv(64).startswith(b"SSH-"):
                     return True
         except OSError:

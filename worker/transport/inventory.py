@@ -12,6 +12,7 @@ import ipaddress
 import posixpath
 import tomllib
 from collections.abc import Mapping, Sequence
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -234,13 +235,23 @@ class Inventory(BaseModel):
 
         A host shared by several servers (different ports) identifies none of them.
         """
+        named, by_host = self._address_index
+        key = _normalise(address)
+        return named.get(key) or by_host.get(key)
+
+    @cached_property
+    def _address_index(self) -> tuple[dict[str, str], dict[str, str]]:
+        """Normalised name and ``addresses`` -> server (the first server wins, as in the
+        inventory's order), and host -> server where only one server has that host: built
+        once, as a rollout's discovery asks for every peer address of every server."""
+        named: dict[str, str] = {}
         for name, entry in self.servers.items():
-            if _same_address(address, name) or any(
-                _same_address(address, a) for a in entry.addresses
-            ):
-                return name
-        by_host = [n for n, e in self.servers.items() if _same_address(address, e.host)]
-        return by_host[0] if len(by_host) == 1 else None
+            for key in (name, *entry.addresses):
+                named.setdefault(_normalise(key), name)
+        hosts: dict[str, list[str]] = {}
+        for name, entry in self.servers.items():
+            hosts.setdefault(_normalise(entry.host), []).append(name)
+        return named, {h: names[0] for h, names in hosts.items() if len(names) == 1}
 
 
 def _normalise(address: str) -> str:
