@@ -32,8 +32,12 @@ class Settings(BaseSettings):
     dead_letter_queue: str = "dhcp.failover.dead"
     event_exchange: str = "dhcp.failover.events"
     delivery_limit: int = Field(default=5, ge=1, description="Quorum queue x-delivery-limit.")
-    prefetch: int = Field(default=8, ge=1, description="Unacked requests held per worker.")
-    concurrency: int = Field(default=4, ge=1, description="Changes run at once per worker.")
+    prefetch: int = Field(default=32, ge=1, description="Unacked requests held per worker.")
+    concurrency: int = Field(
+        default=16,
+        ge=1,
+        description="Changes run at once per worker (restarts take time: docs/performance.md).",
+    )
     event_source: str = "urn:dhcp-failover-worker"
     reply_to_prefixes: str = Field(
         default="amq.gen-",

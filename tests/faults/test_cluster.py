@@ -18,7 +18,7 @@ module on 2 cores: 30 s to start the cluster, about a minute for the 500 request
         .venv/bin/python -m pytest -q -p no:cacheprovider -s tests/faults/test_cluster.py
 
 ``-s`` shows the figures of the run (faults and when, outcomes, redeliveries, duplicates).
-With 8 pairs and the default concurrency (4), two requests of one pair sometimes run at
+With 8 pairs and the test settings' concurrency (4), two requests of one pair sometimes run at
 once: the server locks put them one after the other (test_same_pair.py), so every request
 ends ``succeeded``.
 """

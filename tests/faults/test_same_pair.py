@@ -1,4 +1,4 @@
-"""Two requests for one pair queued together, one worker with its default concurrency (4).
+"""Two requests for one pair queued together, one worker with the test settings' concurrency (4).
 
 Found by the cluster test (test_cluster.py), where a few of every 500 requests ended
 ``failed`` / ``concurrent_change`` before any fault was injected: the second request reads the
