@@ -46,6 +46,7 @@ from aio_pika.abc import AbstractConnection
 from tests.consumer.proxy import TcpProxy
 from tests.consumer.support import EventTap, assert_depth
 from tests.e2e.support import new_request_id
+from tests.e2e.test_worker_process import settings as settings  # the fixture, on our hosts
 from tests.e2e.test_worker_process import until_consuming
 from tests.faults.crash_support import (
     AFTER_RECORD,
@@ -102,20 +103,6 @@ def sample_hosts(local_hosts: LocalHostsFactory) -> LocalHosts:
     """The sample pair, with a plain login (no start-up files: each exec costs milliseconds,
     as on a typical service account), so that a case costs little beyond its two workers."""
     return local_hosts(sample_configs(), addresses=SAMPLE_ADDRESSES, plain_login=True)
-
-
-@pytest.fixture
-def settings(broker_settings: Settings, sample_hosts: LocalHosts) -> Settings:
-    """This test's names; SSH bounds well under the test's timeout."""
-    return broker_settings.model_copy(
-        update={
-            "inventory": sample_hosts.inventory_path,
-            "connect_timeout": 5.0,
-            "command_timeout": 20.0,
-            "lock_timeout": 10.0,
-            "log_format": "json",
-        }
-    )
 
 
 @pytest.fixture
