@@ -146,13 +146,13 @@ def read_delivery(
     try:
         return _read(
             body,
-            message_id=_text(message_id),
-            routing_key=_text(routing_key),
-            correlation_id=_text(correlation_id),
+            message_id=amqp_text(message_id),
+            routing_key=amqp_text(routing_key),
+            correlation_id=amqp_text(correlation_id),
         )
     except Exception as exc:
         log.exception("reading the request failed: answered internal_error, dead-lettered")
-        return _unreadable(body, _text(message_id), _text(routing_key), exc)
+        return _unreadable(body, amqp_text(message_id), amqp_text(routing_key), exc)
 
 
 def _read(
@@ -301,10 +301,6 @@ def _unreadable(
         poison=True,
         outcome=Outcome.failed,
     )
-
-
-def _text(value: object) -> str | None:
-    return amqp_text(value)
 
 
 _AT = re.compile(r"at line (\d+) column (\d+)$")
