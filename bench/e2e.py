@@ -25,7 +25,10 @@ account on a real DHCP host would have: then an exec costs milliseconds, not a t
   **floor/sh serial** commits one server after the other (rename, restart, verify; then the
   next), as the worker's commit does (docs/design.md), so that a failover pair never has
   both peers restarting at once and a failure on the first is undone before the second
-  changes: the floor for a change made the way this product must make it.
+  changes: the floor for a change made the way this product must make it. **floor serial**
+  is the same serial commit with ``conn.run`` per command. The targets are taken against the
+  serial floors (the issue's "serial floor + broker round trip"); ``ansible / floor/sh
+  serial`` is the most any tool committing one peer after the other could reach here.
 * **broker**: the bare RabbitMQ request/result round trip on a warm connection: a persistent
   request to a quorum queue, a trivial consumer answering on ``reply_to`` with confirms.
 * **ansible**: ``ansible-playbook`` with ``replace`` (``validate:`` the hosts' ``dhcpd -t``
@@ -312,6 +315,7 @@ async def measure(
 ) -> tuple[list[Figures], Shares | None]:
     """Worker, floor, floor/sh and broker, in interleaved blocks; all warm."""
     floor, floor_sh, serial = Figures("floor"), Figures("floor/sh"), Figures("floor/sh serial")
+    exec_serial = Figures("floor serial")
     async with contextlib.AsyncExitStack() as stack:  # closes whatever was started, in reverse
         log = stack.enter_context((workdir / "worker.log").open("w"))
         requester = Requester(args.amqp_url)
@@ -328,6 +332,7 @@ async def measure(
         for i in range(args.warmup):  # connections, agent shells, caches: all warm
             await worker.change(40 + i % 2, record=False)
             await floor_change(floor_hosts, 50 + i % 2, run_exec)
+            await floor_change(floor_hosts, 50 + i % 2, run_exec, serial=True)
             await floor_change(floor_hosts, 50 + i % 2, run_in_shell)
             await floor_change(floor_hosts, 50 + i % 2, run_in_shell, serial=True)
             await broker.round_trip(record=False)
@@ -343,6 +348,11 @@ async def measure(
                 started = time.perf_counter()
                 await floor_change(floor_hosts, 50 + i % 2, run_exec)
                 floor.samples.append((time.perf_counter() - started) * 1000)
+            for i in range(start, start + count):
+                await asyncio.sleep(pause)
+                started = time.perf_counter()
+                await floor_change(floor_hosts, 50 + i % 2, run_exec, serial=True)
+                exec_serial.samples.append((time.perf_counter() - started) * 1000)
             for i in range(start, start + count):
                 await asyncio.sleep(pause)
                 started = time.perf_counter()
@@ -366,7 +376,8 @@ async def measure(
                     await worker.change(40 + i % 2, record=False)
             log.flush()
             steps = shares(worker.windows, timeline, received_at(workdir / "worker.log"))
-    return [worker.latency, worker.inside, floor, floor_sh, serial, broker.figures], steps
+    series = [worker.latency, worker.inside, floor, exec_serial, floor_sh, serial]
+    return [*series, broker.figures], steps
 
 
 def report(figures: dict[str, Figures], command: str) -> None:
@@ -374,6 +385,7 @@ def report(figures: dict[str, Figures], command: str) -> None:
         ("worker", "worker: publish -> result event"),
         ("worker, change itself", "  of which the change (event durationMs)"),
         ("floor", "floor: asyncssh, conn.run per command"),
+        ("floor serial", "floor serial: the same, one server then the other"),
         ("floor/sh", "floor/sh: asyncssh, commands to a started sh"),
         ("floor/sh serial", "floor/sh serial: commit one server, then the other"),
         ("broker", "broker: request/reply round trip"),
@@ -385,15 +397,21 @@ def report(figures: dict[str, Figures], command: str) -> None:
             f = figures[key]
             print(f"{label:48}{f.median:8.1f}ms{f.p95:8.1f}ms{len(f.samples):6d}")
     worker, broker = figures["worker"].median, figures["broker"].median
-    floor, floor_sh = figures["floor"].median, figures["floor/sh"].median
+    serial, serial_sh = figures["floor serial"].median, figures["floor/sh serial"].median
+    ratios = [
+        ("worker / (floor serial + broker)", worker / (serial + broker), "   target <= 1.3"),
+        ("worker / (floor/sh serial + broker)", worker / (serial_sh + broker), ""),
+        ("worker / (floor + broker)", worker / (figures["floor"].median + broker), ""),
+        ("worker / (floor/sh + broker)", worker / (figures["floor/sh"].median + broker), ""),
+    ]
     print("\nratios (medians)")
-    print(f"  worker / (floor + broker)     {worker / (floor + broker):7.2f}   target <= 1.3")
-    print(f"  worker / (floor/sh + broker)  {worker / (floor_sh + broker):7.2f}")
-    serial = figures["floor/sh serial"].median
-    print(f"  worker / (floor/sh serial + broker) {worker / (serial + broker):5.2f}")
+    for label, value, note in ratios:
+        print(f"  {label:38}{value:6.2f}{note}")
     if "ansible" in figures:
         ansible = figures["ansible"].median
-        print(f"  ansible / worker              {ansible / worker:7.1f}x  target >= 50x")
+        print(f"  {'ansible / worker':38}{ansible / worker:6.1f}x  target >= 50x")
+        best = ansible / serial_sh
+        print(f"  {'ansible / floor/sh serial':38}{best:6.1f}x  (a serial tool's best)")
     print(f"\ncommand: {command}")
 
 
