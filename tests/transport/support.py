@@ -16,8 +16,21 @@ import pytest
 from worker.demo import PRIMARY
 from worker.demo.localhosts import LocalHosts, _tagged_pids
 from worker.transport import SshFleet, SshOptions, parse_inventory
+from worker.transport.agent import AGENT_COMMAND
 
 FAST = SshOptions(connect_timeout=5, command_timeout=5, keepalive_interval=5)
+
+#: The agent's start command as a server without bash (``timeout``: GNU timeout keeps the time
+#: limit) and without bash or GNU timeout (``""``) starts it; ``jobs`` is the command itself
+#: (bash is on every machine these tests run on).
+AGENT_MODES = {
+    "jobs": AGENT_COMMAND,
+    "timeout": AGENT_COMMAND.replace("command -v bash", "command -v dfw-no-such-bash"),
+    "": AGENT_COMMAND.replace("command -v bash", "command -v dfw-no-such-bash").replace(
+        "command -v timeout", "command -v dfw-no-such-timeout"
+    ),
+}
+assert len(set(AGENT_MODES.values())) == 3, "the agent's mode checks were renamed"
 
 
 def primary_entry(hosts: LocalHosts, **changes: Any) -> dict[str, Any]:

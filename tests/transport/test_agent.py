@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import posixpath
 import signal
 import time
 from collections.abc import AsyncIterator
@@ -14,7 +15,7 @@ import asyncssh
 import pytest
 
 from tests.fixtures.sshd import LocalHostsFactory
-from tests.transport.support import FAST, fleet_for, gone, processes
+from tests.transport.support import AGENT_MODES, FAST, fleet_for, gone, processes
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHost, LocalHosts
 from worker.errors import (
@@ -112,6 +113,26 @@ async def test_start_up_noise_of_the_login_shell_is_skipped(pair: LocalHosts) ->
     assert (reply.status, reply.stdout, reply.stderr) == (0, b"hi\n", b"err\n")
 
 
+@pytest.mark.parametrize("mode", ["jobs", "timeout", ""])
+async def test_the_agent_keeps_time_with_bash_else_gnu_timeout_and_runs_bodies_alike(
+    pair: LocalHosts, mode: str
+) -> None:
+    """bash (in POSIX mode) where the server has it, else GNU timeout, else no server-side
+    limit; a body sees no arguments and leaves nothing behind in any of them."""
+    local = pair.hosts[PRIMARY]
+    async with await _raw_connection(pair, local) as conn:
+        process = await conn.create_process(AGENT_MODES[mode], encoding=None)
+        agent = await Agent.start(conn, process, 5)
+        reply = await agent.run('printf "%s|" "$#" "${x-unset}"; x=1; exit 3', 10)
+        again = await agent.run('printf "%s" "${x-unset}"; cd /; false', 10)
+        where = await agent.run("pwd", 10)
+        agent.retire()
+    assert (agent.mode, agent.kills_on_timeout) == (mode, bool(mode))
+    assert (reply.status, reply.stdout, reply.stderr) == (3, b"0|unset|", b"")
+    assert (again.status, again.stdout) == (1, b"unset")
+    assert where.stdout != b"/\n"
+
+
 async def test_a_request_cut_short_is_never_run(pair: LocalHosts, tmp_path: Path) -> None:
     local = pair.hosts[PRIMARY]
     marker = tmp_path / "ran"
@@ -165,6 +186,35 @@ async def test_listdir_names_every_entry_exactly(pair: LocalHosts, fleet: SshFle
     names = await fleet.host(PRIMARY).listdir(directory.as_posix())
     assert names == sorted([*files, "sub", "dangling"])
     assert await fleet.host(PRIMARY).listdir((directory / "sub").as_posix()) == []
+
+
+async def test_the_lock_brings_the_config_directory_listing_once_and_forgets_it_on_a_change(
+    pair: LocalHosts, fleet: SshFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The change's first look at its directory under the lock costs no round trip of its
+    own; a write (or a command) since, or a second look, lists the directory again."""
+    host = fleet.host(PRIMARY)
+    directory = posixpath.dirname(host.config_path)
+    ops: list[str] = []
+    request = Agent.request
+
+    async def counted(agent: Agent, op: str, arg: str, body: str, limit: float) -> object:
+        ops.append(op)
+        return await request(agent, op, arg, body, limit)
+
+    monkeypatch.setattr(Agent, "request", counted)
+    before = sorted({*await host.listdir(directory), ".dhcp-failover.lock"})  # made by lock
+    async with host.lock(5):
+        assert await host.listdir(directory) == before
+        assert ops == ["list", "lock"]
+        await host.write(posixpath.join(directory, ".dfw-test.tmp"), b"x")
+        assert ".dfw-test.tmp" in await host.listdir(directory)
+        assert ops == ["list", "lock", "list"]
+    async with host.lock(5):
+        assert (await host.validate(host.config_path)).ok
+        assert await host.listdir(directory) == sorted([*before, ".dfw-test.tmp"])
+        assert await host.listdir(directory) == sorted([*before, ".dfw-test.tmp"])
+    assert ops == ["list", "lock", "list", "unlock", "lock", "run", "list", "list", "unlock"]
 
 
 async def test_listdir_takes_glob_characters_in_the_path_literally(

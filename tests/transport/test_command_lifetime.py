@@ -14,21 +14,32 @@ import pytest
 
 import worker.transport.commands as commands
 from tests.fixtures.sshd import LocalHostsFactory
-from tests.transport.support import fleet_for, gone, inventory_file, processes, wait_until_locked
+from tests.transport.support import (
+    AGENT_MODES,
+    fleet_for,
+    gone,
+    inventory_file,
+    processes,
+    wait_until_locked,
+)
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHosts
 from worker.errors import Ambiguous, LockLost, LockTimeout
 from worker.transport import SshOptions
-from worker.transport.agent import AGENT_COMMAND, GONE_WAIT, KILL_GRACE
+from worker.transport.agent import GONE_WAIT, KILL_GRACE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 REPO = Path(__file__).resolve().parents[2]
 
-#: A worker in a process of its own: takes the lock, then runs a restart that never ends.
+#: A worker in a process of its own: takes the lock, then runs a restart that never ends
+#: (its agent started with the command in argv[3]).
 WORKER = """
 import asyncio, sys
+import worker.transport.commands as commands
 from worker.transport import SshFleet, SshOptions, load_inventory
+
+commands.AGENT_COMMAND = sys.argv[3]
 
 async def main() -> None:
     options = SshOptions(connect_timeout=5, command_timeout=50)
@@ -45,6 +56,15 @@ asyncio.run(main())
 @pytest.fixture
 def pair(local_hosts: LocalHostsFactory) -> LocalHosts:
     return local_hosts(sample_configs(), addresses=SAMPLE_ADDRESSES, hang_seconds=60)
+
+
+@pytest.fixture(params=["jobs", "timeout"])
+def agent_command(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Both ways the agent keeps a time limit: bash's job control (where the server has bash)
+    and GNU timeout (where it has not)."""
+    command = AGENT_MODES[request.param]
+    monkeypatch.setattr(commands, "AGENT_COMMAND", command)
+    return command
 
 
 def _ticker(directory: Path, ticks: Path, token: str) -> str:
@@ -82,13 +102,13 @@ def _last_tick(ticks: Path) -> float:
 
 
 async def test_the_command_of_a_killed_worker_ends_before_its_lock_is_free(
-    pair: LocalHosts, tmp_path: Path
+    pair: LocalHosts, tmp_path: Path, agent_command: str
 ) -> None:
     ticks, token = tmp_path / "ticks", uuid.uuid4().hex
     restart = _ticker(tmp_path, ticks, token)
     inventory = inventory_file(pair, "ticking.toml", restart_command=restart, verify_command=None)
     worker = await asyncio.create_subprocess_exec(
-        sys.executable, "-c", WORKER, str(inventory), PRIMARY,
+        sys.executable, "-c", WORKER, str(inventory), PRIMARY, agent_command,
         cwd=REPO, stdout=asyncio.subprocess.PIPE,
     )  # fmt: skip
     try:
@@ -113,7 +133,7 @@ async def test_the_command_of_a_killed_worker_ends_before_its_lock_is_free(
 
 
 async def test_a_command_given_up_on_under_the_lock_ends_before_the_lock_is_free(
-    pair: LocalHosts, tmp_path: Path
+    pair: LocalHosts, tmp_path: Path, agent_command: str
 ) -> None:
     ticks, token = tmp_path / "ticks", uuid.uuid4().hex
     restart = _ticker(tmp_path, ticks, token)
@@ -140,7 +160,7 @@ async def test_a_command_given_up_on_under_the_lock_ends_before_the_lock_is_free
 
 
 async def test_a_command_timed_out_on_the_server_is_ambiguous_and_leaves_the_lock_held(
-    pair: LocalHosts,
+    pair: LocalHosts, agent_command: str
 ) -> None:
     local = pair.hosts[PRIMARY]
     options = SshOptions(connect_timeout=5, command_timeout=1)
@@ -165,9 +185,7 @@ async def test_a_command_timed_out_on_the_server_is_ambiguous_and_leaves_the_loc
 async def test_without_gnu_timeout_the_worker_gives_up_and_the_agent_ends_the_command(
     pair: LocalHosts, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    without = AGENT_COMMAND.replace("command -v timeout", "command -v dfw-no-such-timeout")
-    assert without != AGENT_COMMAND
-    monkeypatch.setattr(commands, "AGENT_COMMAND", without)
+    monkeypatch.setattr(commands, "AGENT_COMMAND", AGENT_MODES[""])
     local = pair.hosts[PRIMARY]
     options = SshOptions(connect_timeout=5, command_timeout=1)
     async with fleet_for(pair, options) as fleet:
@@ -184,3 +202,22 @@ async def test_without_gnu_timeout_the_worker_gives_up_and_the_agent_ends_the_co
         local.set_marker("hang-restart", on=False)
         assert (await host.restart()).ok
     assert [r.status for r in local.restarts()] == ["hung", "ok"]
+
+
+async def test_a_command_that_ignores_term_is_killed_after_the_grace(
+    pair: LocalHosts, agent_command: str
+) -> None:
+    """As GNU timeout does: TERM at the limit, KILL ``KILL_GRACE`` later, for the whole group."""
+    restart = "trap '' TERM; sleep 30 & sleep 31"
+    options = SshOptions(connect_timeout=5, command_timeout=1)
+    async with fleet_for(pair, options, restart_command=restart, verify_command=None) as fleet:
+        host = fleet.host(PRIMARY)
+        async with host.lock(5):
+            started = time.monotonic()
+            with pytest.raises(Ambiguous) as caught:
+                await host.restart()
+            took = time.monotonic() - started
+            assert "stopped on the server" in caught.value.message
+            assert (await host.validate(host.config_path)).ok  # the agent and its lock stay
+    assert 1 + KILL_GRACE <= took < 1 + KILL_GRACE + 3
+    assert not processes(pair, "sleep 30") and not processes(pair, "sleep 31")

@@ -109,13 +109,15 @@ def validation_error(
     A command the shell could not run (dhcpd missing) is no refusal: ``command_failed``,
     with the shell's own words."""
     output = "\n".join(part for part in (result.stdout, result.stderr) if part)
-    diagnosis = parse_dhcpd_output(output, path_map)
+    # dhcpd exits 0 or 1; 126/127 are the shell's, whose words can read like one of dhcpd's
+    # errors ("sh: line 1: ...: No such file or directory"), so they are not parsed as one.
+    diagnosis = None if result.exit_status in CANNOT_RUN else parse_dhcpd_output(output, path_map)
     detail: dict[str, Any] = diagnosis.to_detail() if diagnosis else {}
     for staged, live in path_map.items():
         output = output.replace(staged, live)
     detail["exitStatus"] = result.exit_status
     detail["output"] = output[-OUTPUT_TAIL:]
-    if diagnosis is None and result.exit_status in CANNOT_RUN:
+    if result.exit_status in CANNOT_RUN:
         said = output.strip().splitlines()[-1] if output.strip() else "no output"
         return CommandFailed(
             f"the validate_command on {server} could not run (exit status "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import posixpath
 import shlex
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -32,6 +33,7 @@ from worker.errors import (
 from worker.transport.agent import (
     AGENT_COMMAND,
     LIST_MISSING_EXIT,
+    LISTED,
     LOCK_BUSY_EXIT,
     Agent,
     AgentLost,
@@ -70,6 +72,10 @@ class AgentCommands(ServerConnection):
         """Names in ``directory``, listed by an agent with shell builtins: one small reply.
         (SFTP sends every entry's attributes, which asyncssh decodes in Python: 5 ms of CPU
         for a config directory holding a hundred journal records, several times a change.)"""
+        held = self._held_lock()
+        if held is not None and held.listing is not None and held.listing[0] == directory:
+            names, held.listing = held.listing[1], None
+            return names
         what = f"list {directory}"
         try:
             agent, reply = await self._request(
@@ -90,8 +96,7 @@ class AgentCommands(ServerConnection):
             reason = _text(reply.stderr).strip() or f"exit status {reply.status}"
             cls = RemoteFileNotFound if reply.status == LIST_MISSING_EXIT else RemoteFileError
             raise cls(f"{self._name}: {what}: {reason}", server=self._name)
-        names = reply.stdout.split(b"/")[:-1]
-        return sorted(n.decode("utf-8", "replace") for n in names)
+        return _names(reply.stdout)
 
     # -- the agent pool ---------------------------------------------------------------------------
 
@@ -194,6 +199,7 @@ class AgentCommands(ServerConnection):
         started = time.monotonic()
         line = command if cwd is None else f"cd {shlex.quote(cwd)} && {command}"
         held = self._held_lock()
+        self._forget_listing()  # a command may change the directory too
         try:
             if held is not None:
                 self._check_lock()
@@ -243,12 +249,18 @@ class AgentCommands(ServerConnection):
         return _ChangeLock(self, timeout)
 
     async def _acquire(self, wait_seconds: float) -> _HeldLock:
+        """The lock, and with it (in the same request) a listing of the config directory,
+        which the change's first look under the lock asks for (journals, leftovers)."""
         path = self._server.effective_lock_path
+        directory = posixpath.dirname(self._server.config_path)
         wait = max(wait_seconds, 0.0)
         try:
             agent, reply = await self._request(
                 lambda a: a.request(
-                    "lock", f"{wait:.3f}", path, wait + self._options.connect_timeout
+                    "lock",
+                    f"{wait:.3f}",
+                    f"{path}\n{directory}",
+                    wait + self._options.connect_timeout,
                 )
             )
         except AgentTimeout as e:
@@ -263,7 +275,9 @@ class AgentCommands(ServerConnection):
             ) from e
         if reply.status == 0:
             log.debug("ssh.locked", server=self._name, path=path)
-            return _HeldLock(agent)
+            names, listed, status = reply.stdout.rpartition(LISTED)
+            ok = listed and status == b"0"  # a listing that failed is left to listdir
+            return _HeldLock(agent, (directory, _names(names)) if ok else None)
         self._checkin(agent)
         if reply.status == LOCK_BUSY_EXIT:
             raise LockTimeout(
@@ -332,6 +346,11 @@ class _ChangeLock(AbstractAsyncContextManager[None]):
                 _HELD_LOCKS.set({h: v for h, v in _HELD_LOCKS.get().items() if h is not self._host})
         if self._held is not None:
             await asyncio.shield(self._host._release(self._held))
+
+
+def _names(listing: bytes) -> list[str]:
+    """A ``list`` reply: every name followed by ``/``."""
+    return sorted(n.decode("utf-8", "replace") for n in listing.split(b"/")[:-1])
 
 
 def _substitute(template: str, path: str) -> str:

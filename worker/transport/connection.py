@@ -96,8 +96,12 @@ class _HeldLock:
     """A change lock: the agent shell whose file descriptor holds the ``flock``, and which
     runs the change's commands on that host while it is held."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, listing: tuple[str, list[str]] | None = None) -> None:
         self.agent = agent
+        self.listing = listing
+        """The config directory as the lock request listed it, just after the lock was taken:
+        the first listing of that directory under the lock, served once (no round trip),
+        and forgotten as soon as this host changes anything."""
         self.released = False
         """Set when the change lets go; a task that outlived the ``async with`` (its context
         still names the lock) then acts as one without a lock."""
@@ -287,6 +291,12 @@ class ServerConnection:
         connection (see :meth:`RemoteHost.lock_lost`)."""
         held = self._held_lock()
         return held is not None and held.lost
+
+    def _forget_listing(self) -> None:
+        """Something may change the config directory: the lock's listing is no longer true."""
+        held = self._held_lock()
+        if held is not None:
+            held.listing = None
 
     def _check_lock(self) -> None:
         """Refuse to act for a change whose lock on this host vanished with its connection."""

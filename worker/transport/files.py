@@ -65,6 +65,8 @@ class SftpFiles(ServerConnection):
         where: str | None = None,
     ) -> T:
         self._check_lock()
+        if mutating:
+            self._forget_listing()
         sftp = await self._sftp_client()
         conn = self._conn
         try:
