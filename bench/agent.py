@@ -4,15 +4,17 @@
 
 Two local sshd hosts (worker.demo.localhosts, the sample configs, ``--login``: root's own
 login instead of an empty ``HOME``). On one warm connection: the worker's agent
-(worker/transport/agent.py, started as the worker starts it) and a bare ``/bin/sh`` started
-beside it, which runs each command as ``CMD </dev/null >/dev/null 2>&1; echo <marker> $?``
-(what bench/e2e.py's floor/sh does). Every figure is the median / p95 of ``--samples``
-requests, one at a time, after 10 not counted:
+(worker/transport/agent.py) in each of its two timed modes, started as the worker starts it —
+``jobs`` (bash in POSIX mode, which this machine has) and ``timeout`` (``/bin/sh`` and GNU
+``timeout``, as on a server without bash; tests/transport/support.py's ``AGENT_MODES``) — and
+a bare ``/bin/sh`` started beside them, which runs each command as ``CMD </dev/null
+>/dev/null 2>&1; echo <marker> $?`` (what bench/e2e.py's floor/sh does). Every figure is the
+median / p95 of ``--samples`` requests, one at a time, after 10 not counted:
 
-* ``run true``: the fixed cost of one ``run`` request. The agent runs the body under GNU
-  ``timeout`` (a server-side time limit, its own process group) through ``/bin/sh -c``, with a
-  watcher subshell that kills that group if the channel closes; the bare shell runs the
-  builtin in-process.
+* ``run true``: the fixed cost of one ``run`` request. In its own process group, with a
+  server-side time limit and a watcher subshell that kills that group if the channel closes:
+  ``jobs`` forks a subshell that evaluates the body; ``timeout`` runs ``timeout ... /bin/sh -c
+  BODY`` (two execs). The bare shell runs the builtin in-process.
 * ``validate``: the host's ``validate_command`` on its live file (``dhcpd -t``).
 * ``restart``: ``restart_command && verify_command``, as the worker's commit sends it.
 * ``lock + unlock``: the change lock (``flock -w 0`` on fd 9, then closing it): two requests.
@@ -20,7 +22,8 @@ requests, one at a time, after 10 not counted:
 
 A change runs three ``run`` requests one after the other on its critical path (the two
 validations at once, then each server's restart) and one lock per server: the difference
-between the two columns, times that, is what the agent's guarantees cost a change's latency.
+between an agent's row and the bare shell's, times that, is what the agent's guarantees cost
+a change's latency.
 """
 
 from __future__ import annotations
@@ -40,10 +43,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import asyncssh
 
 from bench.meters import load_average
+from tests.transport.support import AGENT_MODES
 from worker.demo import SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHosts
 from worker.transport import ServerEntry, load_inventory
-from worker.transport.agent import AGENT_COMMAND, Agent
+from worker.transport.agent import Agent
 
 Request = Callable[[], Awaitable[object]]
 
@@ -70,15 +74,20 @@ async def measure(server: ServerEntry, samples: int) -> list[tuple[str, str, flo
         agent_path=None,
     )
     try:
-        agent = await Agent.start(conn, await conn.create_process(AGENT_COMMAND, encoding=None), 30)
+        agents = {
+            mode: await Agent.start(
+                conn, await conn.create_process(AGENT_MODES[mode], encoding=None), 30
+            )
+            for mode in ("jobs", "timeout")
+        }
         shell = await conn.create_process("exec /bin/sh")
 
-        async def bare(command: str) -> int:
+        async def bare_sh(command: str) -> int:
             shell.stdin.write(f"{command} </dev/null >/dev/null 2>&1; echo __bench $?\n")
             await shell.stdout.readuntil("__bench ")
             return int(await shell.stdout.readline())
 
-        async def lock_unlock() -> None:
+        async def lock_unlock(agent: Agent) -> None:
             await agent.request("lock", "0", lock_path, 30)
             await agent.request("unlock", "", "", 30)
 
@@ -86,18 +95,29 @@ async def measure(server: ServerEntry, samples: int) -> list[tuple[str, str, flo
         lock_path = posixpath.join(directory, ".dfw-bench-agent.lock")
         validate = server.validate_command.replace("{path}", server.config_path)
         restart = f"{server.restart_command} && {server.verify_command}"
-        cases: list[tuple[str, Request, Request | None]] = [
-            ("run true", lambda: agent.run("true", 30), lambda: bare("true")),
-            ("validate", lambda: agent.run(validate, 30), lambda: bare(validate)),
-            ("restart", lambda: agent.run(restart, 30), lambda: bare(restart)),
-            ("lock + unlock", lock_unlock, lambda: bare(f"flock -w 0 {lock_path} true")),
-            ("list", lambda: agent.request("list", "", directory, 30), lambda: bare("ls -a")),
-        ]
+
+        def cases(agent: Agent) -> list[tuple[str, Request]]:
+            return [
+                ("run true", lambda: agent.run("true", 30)),
+                ("validate", lambda: agent.run(validate, 30)),
+                ("restart", lambda: agent.run(restart, 30)),
+                ("lock + unlock", lambda: lock_unlock(agent)),
+                ("list", lambda: agent.request("list", "", directory, 30)),
+            ]
+
+        bare: dict[str, Request] = {
+            "run true": lambda: bare_sh("true"),
+            "validate": lambda: bare_sh(validate),
+            "restart": lambda: bare_sh(restart),
+            "lock + unlock": lambda: bare_sh(f"flock -w 0 {lock_path} true"),
+            "list": lambda: bare_sh("ls -a"),
+        }
         rows = []
-        for name, with_agent, with_shell in cases:
-            rows.append((name, "agent", *await timed(with_agent, samples)))
-            if with_shell is not None:
-                rows.append((name, "bare sh", *await timed(with_shell, samples)))
+        for name, _ in cases(agents["jobs"]):
+            for mode, agent in agents.items():
+                request = dict(cases(agent))[name]
+                rows.append((name, mode, *await timed(request, samples)))
+            rows.append((name, "bare sh", *await timed(bare[name], samples)))
         return rows
     finally:
         conn.close()
@@ -121,8 +141,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, via, median, p95 in rows:
         print(f"{name:16}{via:10}{median:8.2f}ms{p95:8.2f}ms")
     medians = {(name, via): median for name, via, median, _ in rows}
-    extra = medians[("run true", "agent")] - medians[("run true", "bare sh")]
-    print(f"\nfixed cost of one agent run over a bare shell: {extra:.2f} ms")
+    for mode in ("jobs", "timeout"):
+        extra = medians[("run true", mode)] - medians[("run true", "bare sh")]
+        print(f"\nfixed cost of one run ({mode}) over a bare shell: {extra:.2f} ms", end="")
+    print()
     print(f"load {load_average()}")
     return 0
 

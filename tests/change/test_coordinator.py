@@ -169,34 +169,35 @@ async def test_the_plan_reads_start_while_the_journal_directories_are_listed(
     assert sorted(read_while_listing) == [PRIMARY, SECONDARY]
 
 
-async def test_the_recheck_reads_start_while_the_locked_directories_are_listed(
+async def test_the_candidates_go_first_then_the_recheck_and_the_journal(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    gate = asyncio.Event()
-    listings = {name: 0 for name in world.hosts}
-    reads = {name: 0 for name in world.hosts}
+    """Under the locks each server's candidate is written first (it is on the way to the
+    commit); the live file is read again and the journal written while it validates."""
     for host in world.hosts.values():
-
-        async def listdir(directory: str, host: KnobHost = host) -> list[str]:
-            listings[host.name] += 1
-            if listings[host.name] == 2:  # under the lock: wait for the second reads
-                await asyncio.wait_for(gate.wait(), 2)
-            return await KnobHost.listdir(host, directory)
 
         async def read(path: str, host: KnobHost = host) -> bytes | None:
             if path == host.config_path:
-                reads[host.name] += 1
-                if all(n >= 2 for n in reads.values()):
-                    gate.set()
+                host.timeline.append((host.name, "read", path))
             return await KnobHost.read(host, path)
 
-        monkeypatch.setattr(host, "listdir", listdir)
         monkeypatch.setattr(host, "read", read)
 
     result = await execute(modify_request(), "req-modify-1", world.fleet)
 
     assert result.outcome is Outcome.succeeded, result.error
-    assert reads == {name: 2 for name in world.hosts}  # plan, recheck: each once
+    for name, host in world.hosts.items():
+        ops = [
+            ("journal" if "journal" in op[2] else "candidate" if op[2].endswith(".new") else "")
+            if op[1] == "write"
+            else op[1]
+            for op in host.timeline
+            if op[0] == name
+        ]
+        assert ops[:3] == ["read", "lock", "candidate"], ops
+        recheck = ops.index("read", 1)
+        assert ops.index("candidate") < min(ops.index("journal"), recheck), ops
+        assert max(ops.index("journal"), recheck) < ops.index("link"), ops
 
 
 async def test_a_recorded_outcome_drops_the_reads_started_ahead_of_the_plan(
@@ -1076,7 +1077,9 @@ async def test_an_operator_can_follow_a_change_in_the_logs(world: World) -> None
 
     assert {e.get("requestId") for e in logs} == {"req-modify-1"}
     steps = [(e["event"], e.get("server")) for e in logs]
-    for step in ("prepare.validated", "commit.replaced", "commit.restarted"):
+    validated = [s for s in steps if s[0] == "prepare.validated"]  # both servers at once
+    assert sorted(validated) == [("prepare.validated", PRIMARY), ("prepare.validated", SECONDARY)]
+    for step in ("commit.replaced", "commit.restarted"):  # one server after the other
         assert [s for s in steps if s[0] == step] == [(step, PRIMARY), (step, SECONDARY)]
     assert steps[0] == ("change.start", None)
     end = logs[-1]

@@ -111,7 +111,7 @@ from worker.change.planning import (
     prefetch,
 )
 from worker.change.ports import Fleet
-from worker.change.prepare import discard, discard_relocked, prepare, start_rechecks
+from worker.change.prepare import discard, discard_relocked, prepare
 from worker.change.run import Announce, ChangeOptions, Run
 from worker.change.verify import Verification
 from worker.errors import (
@@ -266,10 +266,9 @@ async def _attempt(run: Run) -> ResultData:
     await step("planned")  # test-only (worker/change/faults.py)
     try:
         async with hold_locks([c.host for c in changes], run.options.lock_timeout):
-            if not request.dry_run:
-                start_rechecks(run, changes)  # read-only: alongside the lookup's listing
-                if (previous := await resume.replay(run, changes)) is not None:
-                    return previous
+            previous = None if request.dry_run else await resume.replay(run, changes)
+            if previous is not None:
+                return previous
             result = await _prepare_and_commit(run, changes, warnings)
             if _overtaken(result):
                 return await _replan_locked(run, changes) or result

@@ -1,11 +1,14 @@
 """The prepare step, under the locks: nothing live changes yet, everything can be undone.
 
-Per server, four independent strands run at once: reading the live files again to compare
-them with the plan, staging and validating the candidates, writing the journal, and reading
-the running dhcpd over OMAPI (:meth:`Verification.prepare`: a server the verify phase could
-not read fails the request here, before anything goes live; dry runs too). All end before an
-error is raised; a foreign edit is reported before anything else they found. A change that
-never went live is discarded here too (:func:`discard`).
+Per server, four strands: staging and validating the candidates; once the candidates are
+written (the validation is the long part), reading the live files again to compare them with
+the plan and writing the journal; and, from the start, reading the running dhcpd over OMAPI
+(:meth:`Verification.prepare`: a server the verify phase could not read fails the request
+here, before anything goes live; dry runs too). The candidates go first because they are on
+the way to the commit and the others are not: one server's SFTP requests are answered in
+order, so reads and a journal sent beside them would delay them. All end before an error is
+raised; a foreign edit is reported before anything else they found. A change that never went
+live is discarded here too (:func:`discard`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import structlog
 
-from worker.change.aio import all_of
+from worker.change.aio import all_of, retrieve
 from worker.change.faults import step
 from worker.change.finish import cleanup_failed, remove_temps
 from worker.change.journal import Journal, Step, delete_journal, prune_temps, save_journal
@@ -26,7 +29,7 @@ from worker.change.model import ServerChange, changed_only
 from worker.change.planning import refuse_if_unfinished
 from worker.change.run import Run
 from worker.change.snapshot import Snapshot, sha256_hex
-from worker.change.staging import validate_tree
+from worker.change.staging import setup_for, validate_tree
 from worker.change.verify import Verification
 from worker.errors import ConcurrentChange, LockLost
 from worker.messages import WarningInfo
@@ -55,10 +58,11 @@ async def _prepare_server(
     assert snapshot is not None  # a planned change always has one
     with change.timed():
         await refuse_if_unfinished(run, host, run.locked)  # again, under the lock
+        staged = asyncio.Event()
         outcomes = await asyncio.gather(
-            _recheck(run, change, snapshot),
-            _stage_and_validate(run, change),
-            _save_new_journal(change, journal),
+            _after(staged, lambda: _recheck(change, snapshot)),
+            _stage_and_validate(run, change, staged),
+            _after(staged, lambda: _save_new_journal(change, journal)),
             check.prepare(change),
             return_exceptions=True,
         )
@@ -70,23 +74,15 @@ async def _prepare_server(
             raise errors[0]
 
 
-def start_rechecks(run: Run, changes: Sequence[ServerChange]) -> None:
-    """Under the locks, start reading the live files again while the journal directories
-    are listed (read-only; :func:`_recheck` compares them, once nothing is unfinished)."""
-    for change in changes:
-        if change.snapshot is not None:
-            run.rereads[change.name] = asyncio.ensure_future(_read_live(change, change.snapshot))
+async def _after(event: asyncio.Event, step: Callable[[], Awaitable[None]]) -> None:
+    await event.wait()
+    await step()
 
 
-async def _read_live(change: ServerChange, snapshot: Snapshot) -> list[bytes | None]:
-    return list(await asyncio.gather(*(change.host.read(path) for path in snapshot.raw)))
-
-
-async def _recheck(run: Run, change: ServerChange, snapshot: Snapshot) -> None:
+async def _recheck(change: ServerChange, snapshot: Snapshot) -> None:
     """The live files still hold the bytes the plan was computed from."""
     paths = list(snapshot.raw)
-    reread = run.rereads.pop(change.name, None)
-    lives = await (reread if reread is not None else _read_live(change, snapshot))
+    lives = await asyncio.gather(*(change.host.read(path) for path in paths))
     for path, live in zip(paths, lives, strict=True):
         planned = snapshot.raw[path]
         if live != planned:
@@ -101,20 +97,37 @@ async def _recheck(run: Run, change: ServerChange, snapshot: Snapshot) -> None:
             )
 
 
-async def _stage_and_validate(run: Run, change: ServerChange) -> None:
-    """Each candidate written beside its live file, then the server's validate command."""
+async def _stage_and_validate(run: Run, change: ServerChange, staged: asyncio.Event) -> None:
+    """Each candidate written beside its live file, then the server's validate command;
+    ``staged`` is set once the writes have ended (however they ended)."""
     host = change.host
+    changed = [f.path for f in change.files]
+    # What the validation needs is worked out (in a thread) while the candidates travel.
+    setup = None
+    if change.changed:
+        setup = asyncio.ensure_future(
+            setup_for(host, change.main, change.after_texts, changed, run.request_id)
+        )
+        setup.add_done_callback(retrieve)  # not awaited if a write fails or we are cancelled
     candidates = []
     for f in change.files:
         assert f.after is not None
         change.temps.add(f.staged)
         candidates.append(host.write(f.staged, f.after, like=f.path))
-    await all_of(candidates)
-    if change.changed:
+    try:
+        await all_of(candidates)
+    finally:
+        staged.set()
+    if setup is not None:
         await step("staged")  # test-only (worker/change/faults.py)
-        changed = [f.path for f in change.files]
         await validate_tree(
-            host, change.main, change.after_texts, changed, run.request_id, change.temps
+            host,
+            change.main,
+            change.after_texts,
+            changed,
+            run.request_id,
+            change.temps,
+            await setup,
         )
         log.info("prepare.validated", server=change.name, files=changed)
         await step("validated")  # test-only (worker/change/faults.py)

@@ -13,7 +13,6 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 
@@ -65,10 +64,8 @@ class Run:
     listings: dict[str, list[str]] = field(default_factory=dict)
     #: ...and under them: true until they are released, but for this change's own files.
     locked: dict[str, list[str]] = field(default_factory=dict)
-    #: Live trees being read ahead of the plan (server name -> read)...
+    #: Live trees being read ahead of the plan (server name -> read).
     prefetched: dict[str, asyncio.Future[Snapshot]] = field(default_factory=dict)
-    #: ...and the live files read again under the locks, ahead of the recheck.
-    rereads: dict[str, asyncio.Future[list[bytes | None]]] = field(default_factory=dict)
     #: Servers where another change was unfinished before the locks (maybe still running)...
     busy: set[str] = field(default_factory=set)
     #: ...and whether that now fails the plan (after waiting for their locks once).
@@ -120,13 +117,11 @@ class Run:
         return result
 
     def drop_prefetched(self) -> None:
-        """Cancel the reads ahead the plan or the recheck never used."""
-        readings: list[asyncio.Future[Any]] = [*self.prefetched.values(), *self.rereads.values()]
-        for reading in readings:
+        """Cancel the reads ahead the plan never used."""
+        for reading in self.prefetched.values():
             reading.cancel()
             reading.add_done_callback(retrieve)
         self.prefetched.clear()
-        self.rereads.clear()
 
     def elapsed_ms(self) -> int:
         return round((time.monotonic() - self.started) * 1000)

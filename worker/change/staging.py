@@ -71,6 +71,16 @@ def validation_setup(
     return ValidationSetup(target=main_target, copies=copies, path_map=path_map)
 
 
+async def setup_for(
+    host: RemoteHost, main: str, after: Mapping[str, str], changed: Collection[str], rid: str
+) -> ValidationSetup:
+    """:func:`validation_setup` off the event loop, like the plan's parse: it parses every
+    file for its includes."""
+    return await asyncio.to_thread(
+        validation_setup, main, after, changed, rid, host.working_directory
+    )
+
+
 async def validate_tree(
     host: RemoteHost,
     main: str,
@@ -78,14 +88,14 @@ async def validate_tree(
     changed: Collection[str],
     request_id: str,
     temps: set[str] | None = None,
+    setup: ValidationSetup | None = None,
 ) -> None:
     """Run the server's validate command on the staged tree; raise ``ValidationFailed`` with
     dhcpd's own message, file and line when it refuses. Validation copies are removed once
-    dhcpd has run; on an exception they are left in ``temps`` for the caller's cleanup."""
-    # It parses every file for its includes: CPU work, off the event loop like the plan's.
-    setup = await asyncio.to_thread(
-        validation_setup, main, after, changed, request_id, host.working_directory
-    )
+    dhcpd has run; on an exception they are left in ``temps`` for the caller's cleanup.
+    ``setup``: :func:`setup_for` these arguments, if the caller worked it out meanwhile."""
+    if setup is None:
+        setup = await setup_for(host, main, after, changed, request_id)
     temps = temps if temps is not None else set()
     for live, (copy, text) in setup.copies.items():
         temps.add(copy)
