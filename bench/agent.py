@@ -40,10 +40,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import asyncssh
 
 from bench.meters import load_average
-from tests.transport.support import AGENT_MODES
+from tests.transport.support import AGENT_MODES, raw_connection
 from worker.demo import SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHosts
 from worker.transport import ServerEntry, load_inventory
@@ -64,15 +63,7 @@ async def timed(request: Request, samples: int) -> tuple[float, float]:
 
 
 async def measure(server: ServerEntry, samples: int) -> list[tuple[str, str, float, float]]:
-    conn = await asyncssh.connect(
-        server.host,
-        server.port,
-        username=server.username,
-        client_keys=[str(k) for k in server.client_keys],
-        known_hosts=str(server.known_hosts),
-        config=None,
-        agent_path=None,
-    )
+    conn = await raw_connection(server)
     try:
         agents = {
             mode: await Agent.start(

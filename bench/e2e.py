@@ -72,6 +72,7 @@ from aio_pika.abc import AbstractIncomingMessage
 from bench.playbook import playbook, plays
 from bench.rig import DEFAULT_AMQP, Figures, Requester, bench_settings
 from bench.steps import Shares, Window, print_shares, received_at, shares, timing
+from tests.transport.support import raw_connection
 from worker.consumer.topology import declare_topology
 from worker.demo import PRIMARY, RELATIONSHIP, SAMPLE_ADDRESSES, SECONDARY, sample_configs
 from worker.demo.localhosts import LocalHosts
@@ -263,15 +264,7 @@ def close_floor_hosts(hosts: Sequence[FloorHost]) -> None:
 
 
 async def _floor_host(s: ServerEntry) -> FloorHost:
-    conn = await asyncssh.connect(
-        s.host,
-        s.port,
-        username=s.username,
-        client_keys=[str(k) for k in s.client_keys],
-        known_hosts=str(s.known_hosts),
-        config=None,
-        agent_path=None,
-    )
+    conn = await raw_connection(s)
     directory, name = os.path.split(s.config_path)
     candidate = os.path.join(directory, f".{name}.floor")
     restart = s.restart_command

@@ -16,11 +16,11 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-import asyncssh
 import pypureomapi  # type: ignore[import-untyped,unused-ignore]
 import pytest
 
 from tests.fixtures.lab import NORMAL_TIMEOUT, start_lab, unavailable
+from tests.transport.support import raw_connection
 from worker.dhcpconf import ConfigSet, check_pair
 from worker.lab import (
     NORMAL,
@@ -33,21 +33,11 @@ from worker.lab import (
     netns,
     registry,
 )
-from worker.transport.inventory import ServerEntry, load_inventory
+from worker.transport.inventory import load_inventory
 
 pytestmark = pytest.mark.timeout(120)
 COMMS_INTERRUPTED = 3
 REPO = Path(__file__).resolve().parents[2]
-
-
-async def _connect(entry: ServerEntry) -> asyncssh.SSHClientConnection:
-    return await asyncssh.connect(
-        entry.host,
-        entry.port,
-        username=entry.username,
-        client_keys=[str(k) for k in entry.client_keys],
-        known_hosts=str(entry.known_hosts),
-    )
 
 
 # -- the pair ----------------------------------------------------------------------------------
@@ -93,7 +83,7 @@ async def test_restart_command_over_ssh_restarts_that_peer(lab: Lab) -> None:
     old = lab.servers["secondary"].dhcpd_pid
     other = lab.servers["primary"].dhcpd_pid
     assert old is not None
-    async with await _connect(entry) as conn:
+    async with await raw_connection(entry) as conn:
         validated = await conn.run(entry.validate_command.format(path=entry.config_path))
         assert validated.exit_status == 0, validated.stderr
         result = await conn.run(entry.restart_command)
@@ -109,7 +99,7 @@ async def test_restart_command_over_ssh_restarts_that_peer(lab: Lab) -> None:
 async def test_omapi_through_an_ssh_port_forward(lab: Lab) -> None:
     """What the worker's OMAPI adapter does: 127.0.0.1:7911 on the server, over SSH."""
     entry = load_inventory(lab.inventory_path).servers["primary"]
-    async with await _connect(entry) as conn:
+    async with await raw_connection(entry) as conn:
         listener = await conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", dhcpd.OMAPI_PORT)
         raw = await asyncio.to_thread(
             dhcpd.query_failover_state, "127.0.0.1", lab.relationship, port=listener.get_port()

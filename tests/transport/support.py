@@ -11,11 +11,12 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import pytest
 
 from worker.demo import PRIMARY
 from worker.demo.localhosts import LocalHosts, _tagged_pids
-from worker.transport import SshFleet, SshOptions, parse_inventory
+from worker.transport import ServerEntry, SshFleet, SshOptions, parse_inventory
 from worker.transport.agent import AGENT_COMMAND
 
 FAST = SshOptions(connect_timeout=5, command_timeout=5, keepalive_interval=5)
@@ -31,6 +32,20 @@ AGENT_MODES = {
     ),
 }
 assert len(set(AGENT_MODES.values())) == 3, "the agent's mode checks were renamed"
+
+
+async def raw_connection(server: ServerEntry) -> asyncssh.SSHClientConnection:
+    """A bare asyncssh connection to an inventory server, outside the worker's transport (as
+    a hand-written script would open one; the benchmarks' floors use it too)."""
+    return await asyncssh.connect(
+        server.host,
+        server.port,
+        username=server.username,
+        client_keys=[str(k) for k in server.client_keys],
+        known_hosts=str(server.known_hosts),
+        config=None,
+        agent_path=None,
+    )
 
 
 def primary_entry(hosts: LocalHosts, **changes: Any) -> dict[str, Any]:

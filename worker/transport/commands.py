@@ -74,6 +74,7 @@ class AgentCommands(ServerConnection):
         for a config directory holding a hundred journal records, several times a change.)"""
         held = self._held_lock()
         if held is not None and held.listing is not None and held.listing[0] == directory:
+            self._check_lock()
             names, held.listing = held.listing[1], None
             return names
         what = f"list {directory}"
