@@ -49,17 +49,16 @@ from worker.consumer.client import request_message
 from worker.consumer.topology import declare_topology
 from worker.demo import RELATIONSHIP, sample_config
 from worker.demo.localhosts import (
-    MARKER_ENV,
     LocalHost,
     LocalHosts,
     LocalHostsError,
-    _ensure_privsep_dir,
     _free_port,
     _keygen,
     _sshd_binary,
     _wait_for_banner,
     _write_scripts,
     _write_sshd_config,
+    spawn_sshd,
 )
 from worker.rollout.discovery import Pair
 from worker.settings import Settings
@@ -160,21 +159,9 @@ def start_servers(
     plain_login: bool = True,
     startup_timeout: float = 20.0,
 ) -> LocalHosts:
-    base = base.resolve()
-    base.mkdir(parents=True, exist_ok=True)
     sshd = _sshd_binary()
-    _ensure_privsep_dir()
-    client_key = base / "client" / "id_ed25519"
-    client_key.parent.mkdir(exist_ok=True)
-    _keygen(client_key, "dhcp-failover-worker@bench-rig")
-    hosts = LocalHosts(
-        base_dir=base,
-        inventory_path=base / "inventory.toml",
-        client_key=client_key,
-        known_hosts=base / "known_hosts",
-        hosts={},
-        token=uuid.uuid4().hex,
-    )
+    hosts = LocalHosts.empty(base, "dhcp-failover-worker@bench-rig")
+    base = hosts.base_dir
     block = random.randrange(64, 250)  # 127.<block>.x.y: this rig's addresses
     names = list(configs)
     try:
@@ -265,15 +252,7 @@ def _start_sshd(
         # MaxStartups (10 unauthenticated, then random drops) would refuse some.
         with config.open("a") as f:
             f.write("MaxStartups 1000\n")
-        with log.open("ab") as out:
-            process = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(config)],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=out,
-                env={**os.environ, MARKER_ENV: hosts.token},
-                start_new_session=True,
-            )
+        process = spawn_sshd(sshd, config, log, hosts.token)
         if all(_wait_for_banner(port, process, timeout, host=a) for a in listen):
             return process, port, host_key, log
         process.kill()

@@ -139,6 +139,25 @@ class LocalHosts:
     _stopped: bool = field(default=False, repr=False)
 
     @classmethod
+    def empty(cls, base_dir: Path | str, key_comment: str) -> LocalHosts:
+        """No server yet: the directory, the worker's client key (``key_comment``) and a
+        fresh token; what :meth:`start` and the benchmarks' rig build their servers in."""
+        base = Path(base_dir).resolve()
+        base.mkdir(parents=True, exist_ok=True)
+        _ensure_privsep_dir()
+        client_key = base / "client" / "id_ed25519"
+        client_key.parent.mkdir(exist_ok=True)
+        _keygen(client_key, key_comment)
+        return cls(
+            base_dir=base,
+            inventory_path=base / "inventory.toml",
+            client_key=client_key,
+            known_hosts=base / "known_hosts",
+            hosts={},
+            token=uuid.uuid4().hex,
+        )
+
+    @classmethod
     def start(
         cls,
         base_dir: Path | str,
@@ -158,23 +177,9 @@ class LocalHosts:
         no start-up files of the account: a typical service account on a DHCP host, where an
         exec costs a few milliseconds (root's here runs pyenv's init, 100 ms and more).
         """
-        base = Path(base_dir).resolve()
-        base.mkdir(parents=True, exist_ok=True)
         sshd = _sshd_binary()
-        _ensure_privsep_dir()
-        client_dir = base / "client"
-        client_dir.mkdir(exist_ok=True)
-        client_key = client_dir / "id_ed25519"
-        _keygen(client_key, "dhcp-failover-worker@localhosts")
-        token = uuid.uuid4().hex
-        self = cls(
-            base_dir=base,
-            inventory_path=base / "inventory.toml",
-            client_key=client_key,
-            known_hosts=base / "known_hosts",
-            hosts={},
-            token=token,
-        )
+        self = cls.empty(base_dir, "dhcp-failover-worker@localhosts")
+        base = self.base_dir
         try:
             for name, conf in configs.items():
                 extra = tuple(addresses.get(name, ())) if addresses else ()
@@ -184,8 +189,8 @@ class LocalHosts:
                     name,
                     conf,
                     extra,
-                    client_key,
-                    token,
+                    self.client_key,
+                    self.token,
                     startup_timeout,
                     hang_seconds,
                     plain_login,
@@ -294,16 +299,7 @@ def _start_host(
         )
         if check.returncode != 0:
             raise LocalHostsError(f"sshd -t rejected {sshd_config}: {check.stderr.strip()}")
-        env = {**os.environ, MARKER_ENV: token}
-        with sshd_log.open("ab") as log:
-            process = subprocess.Popen(
-                [sshd, "-D", "-e", "-f", str(sshd_config)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                env=env,
-                start_new_session=True,
-            )
+        process = spawn_sshd(sshd, sshd_config, sshd_log, token)
         if _wait_for_banner(port, process, startup_timeout):
             return LocalHost(
                 name=name,
@@ -411,6 +407,20 @@ echo active
 
 
 # -- processes ---------------------------------------------------------------------------------
+
+
+def spawn_sshd(sshd: str, config: Path, log: Path, token: str) -> subprocess.Popen[bytes]:
+    """``sshd -D -e -f CONFIG`` in a session of its own, its output appended to ``log``, tagged
+    with ``token`` in its environment so that exactly what was started here is stopped."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            [sshd, "-D", "-e", "-f", str(config)],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            env={**os.environ, MARKER_ENV: token},
+            start_new_session=True,
+        )
 
 
 def _sshd_binary() -> str:
