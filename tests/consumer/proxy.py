@@ -66,11 +66,14 @@ class TcpProxy:
         params = dict(parse_qsl(parts.query)) | query
         return urlunsplit(parts._replace(netloc=netloc, query=urlencode(params)))
 
-    def cut(self) -> None:
-        """Drop every open connection (both sides, abruptly); later connections still work."""
+    def cut(self) -> int:
+        """Drop every open connection (both sides, abruptly); later connections still work.
+        Returns how many were dropped."""
         self.cuts += 1
-        for pair in list(self._pairs):
+        pairs = list(self._pairs)
+        for pair in pairs:
             pair.abort()
+        return len(pairs)
 
     def cut_on(self, pattern: bytes, *, every_time: bool = False) -> None:
         """Cut everything when the client sends ``pattern`` (which is not forwarded).

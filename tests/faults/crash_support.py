@@ -270,6 +270,18 @@ async def paused(directory: Path, step: str, worker: WorkerProcess, within: floa
         await asyncio.sleep(0.01)
 
 
+async def severed(worker: WorkerProcess, connections: int, within: float = 30.0) -> None:
+    """Until the worker has logged the loss of ``connections`` SSH connections
+    (``ssh.connection_lost``). A cut is only a cut once the worker knows of it: resumed
+    sooner, a change could go through its commit and then lose connections it no longer
+    needs (the outcome a cut in the commit allows, not a cut at the paused step)."""
+    deadline = time.monotonic() + within
+    while worker.output().count('"ssh.connection_lost"') < connections:
+        assert worker.process.poll() is None, f"the worker exited:\n{worker.output()[-4000:]}"
+        assert time.monotonic() < deadline, f"the cut went unseen:\n{worker.output()[-4000:]}"
+        await asyncio.sleep(0.01)
+
+
 def resume(directory: Path, step: str) -> None:
     (directory / f"{step.partition(':')[0]}.go").touch()
 

@@ -14,14 +14,15 @@ sshd stand-ins of :mod:`worker.demo.localhosts` (real ``dhcpd -t``), with
   ends ``succeeded`` with the pair all new: before the commit the redelivery plans afresh,
   during it the journals roll it forward, after the done records it answers from them.
 * **Cut** (fault 2): a TCP proxy between the worker and each sshd; the worker pauses at the
-  step (``DHCP_FAILOVER_FAULT_ACTION=pause``), the test drops every SSH connection, the
-  worker goes on. Required: before the commit ``failed`` (or ``rolled_back`` when the cut is
-  first noticed at the commit's first backup), the pair all old; during it ``rolled_back``,
-  or ``succeeded`` when the commit finishes after a reconnect; once recorded, the recorded
-  ``succeeded``; never a mixed pair, no leftovers, and a pair left old takes the change
-  under a new request id. (The cut takes the change's locks with it: the worker takes them
-  again and ends the change from its journals before it records or announces anything,
-  ``LockLost`` in worker/change/coordinator.py.)
+  step (``DHCP_FAILOVER_FAULT_ACTION=pause``), the test drops every SSH connection and waits
+  until the worker has logged each loss (``ssh.connection_lost``), the worker goes on.
+  Required: before the commit ``failed`` (or ``rolled_back`` when the cut is first noticed at
+  the commit's first backup), the pair all old; during it ``rolled_back``, or ``succeeded``
+  when the commit finishes after a reconnect; once recorded, the recorded ``succeeded``; never
+  a mixed pair, no leftovers, and a pair left old takes the change under a new request id. (The
+  cut takes the change's locks with it: the worker takes them again and ends the change from
+  its journals before it records or announces anything, ``LockLost`` in
+  worker/change/coordinator.py.)
 
 By default a representative subset runs (one case per step class, the operations spread
 over them); ``DHCP_FAILOVER_FULL_FAULTS=1`` runs every operation x step (48 + 48 cases,
@@ -62,6 +63,7 @@ from tests.faults.crash_support import (
     paused,
     proxied,
     resume,
+    severed,
     stopped,
     version_of_pair,
 )
@@ -188,8 +190,7 @@ async def test_ssh_cut_at_a_step_fails_before_the_commit_and_never_splits_the_pa
 
     await publish_request(settings, op.body(request_id), op.routing_key)
     await paused(pause_dir, step, worker)
-    for proxy in proxies:
-        proxy.cut()
+    await severed(worker, sum(proxy.cut() for proxy in proxies))
     clock = Clock()
     resume(pause_dir, step)
 

@@ -75,6 +75,7 @@ class _Counted(asyncssh.SSHClient):
     connection, however it ends (a close, a keepalive timeout, a reset)."""
 
     def __init__(self, server: str) -> None:
+        self._server = server
         self._open = SSH_CONNECTIONS_OPEN.labels(server)
         self._counted = False
 
@@ -86,6 +87,10 @@ class _Counted(asyncssh.SSHClient):
         if self._counted:
             self._counted = False
             self._open.dec()
+            if exc is not None:  # not our own close: a cut, a reset, a keepalive timeout
+                # asyncssh marks the connection closed right after this returns, in the
+                # same call: a change's next step sees it (and any lock held on it) gone.
+                log.warning("ssh.connection_lost", server=self._server, error=str(exc))
 
 
 class _Gone(Exception):
