@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -260,14 +260,21 @@ async def proxied(hosts: LocalHosts) -> list[TcpProxy]:
     return proxies
 
 
+async def _until(
+    worker: WorkerProcess, done: Callable[[], bool], within: float, failure: str
+) -> None:
+    """Poll ``done`` while the worker lives, at most ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not done():
+        assert worker.process.poll() is None, f"the worker exited:\n{worker.output()[-4000:]}"
+        assert time.monotonic() < deadline, f"{failure}:\n{worker.output()[-4000:]}"
+        await asyncio.sleep(0.01)
+
+
 async def paused(directory: Path, step: str, worker: WorkerProcess, within: float = 60.0) -> None:
     """Until the worker is paused at ``step`` (its marker file exists)."""
     marker = directory / f"{step.partition(':')[0]}.paused"
-    deadline = time.monotonic() + within
-    while not marker.exists():
-        assert worker.process.poll() is None, f"the worker exited:\n{worker.output()[-4000:]}"
-        assert time.monotonic() < deadline, f"never paused at {step}:\n{worker.output()[-4000:]}"
-        await asyncio.sleep(0.01)
+    await _until(worker, marker.exists, within, f"never paused at {step}")
 
 
 async def severed(worker: WorkerProcess, connections: int, within: float = 30.0) -> None:
@@ -275,11 +282,11 @@ async def severed(worker: WorkerProcess, connections: int, within: float = 30.0)
     (``ssh.connection_lost``). A cut is only a cut once the worker knows of it: resumed
     sooner, a change could go through its commit and then lose connections it no longer
     needs (the outcome a cut in the commit allows, not a cut at the paused step)."""
-    deadline = time.monotonic() + within
-    while worker.output().count('"ssh.connection_lost"') < connections:
-        assert worker.process.poll() is None, f"the worker exited:\n{worker.output()[-4000:]}"
-        assert time.monotonic() < deadline, f"the cut went unseen:\n{worker.output()[-4000:]}"
-        await asyncio.sleep(0.01)
+
+    def seen() -> bool:
+        return worker.output().count('"ssh.connection_lost"') >= connections
+
+    await _until(worker, seen, within, "the cut went unseen")
 
 
 def resume(directory: Path, step: str) -> None:

@@ -71,8 +71,9 @@ class SshOptions:
 
 
 class _Counted(asyncssh.SSHClient):
-    """Keeps ``dhcp_failover_ssh_connections_open`` right: asyncssh calls these on every
-    connection, however it ends (a close, a keepalive timeout, a reset)."""
+    """Keeps ``dhcp_failover_ssh_connections_open`` right, and logs a connection that died
+    of something other than our own close: asyncssh calls these on every connection,
+    however it ends (a close, a keepalive timeout, a reset)."""
 
     def __init__(self, server: str) -> None:
         self._server = server
