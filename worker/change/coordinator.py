@@ -101,11 +101,12 @@ from worker.change.aio import run_to_end
 from worker.change.commit import as_worker_error
 from worker.change.faults import step
 from worker.change.finish import record_early
-from worker.change.locks import hold_locks, lost_locks
+from worker.change.locks import EarlyLocks, lost_locks, taking
 from worker.change.model import ServerChange
 from worker.change.planning import (
     anchors,
     check_request_id,
+    lock_early,
     plan,
     plan_when_others_end,
     prefetch,
@@ -242,17 +243,32 @@ def _known(run: Run, names: Iterable[str]) -> list[str]:
 
 async def _attempt(run: Run) -> ResultData:
     """One try at the request; a :class:`LockTimeout` propagates, the caller decides."""
-    request = run.request
+    early = lock_early(run)  # the locks' round trips travel with the lookup's and the plan's
     try:
-        if not request.dry_run:
+        if not run.request.dry_run:
             prefetch(run)  # the plan's reads travel with the journal lookup's
-            previous = await resume.resume_previous(run)
+            previous = await resume.resume_previous(run, early)
             if previous is not None:
                 return previous
-        changes, warnings = await plan_when_others_end(run)
+        return await _plan_and_change(run, early)
+    except (LockTimeout, LockLost):
+        raise
+    except Exception as exc:
+        return _plan_failed(run, exc)
+    finally:
+        if early is not None:
+            await early.close()  # the plan ended the request (nothing to change, an error)
+
+
+async def _plan_and_change(run: Run, early: EarlyLocks | None) -> ResultData:
+    request = run.request
+    try:
+        changes, warnings = await plan_when_others_end(run, early)
         if not request.dry_run and not any(c.changed for c in changes):
             # Nothing to change: maybe a twin delivery of this request id applied it
             # since the lookup above. Its outcome is the answer, not a "changed: false".
+            if early is not None:
+                await early.close()  # the lookup may take these locks to finish it
             run.listings.clear()  # look again
             previous = await resume.resume_previous(run)
             if previous is not None:
@@ -265,7 +281,7 @@ async def _attempt(run: Run) -> ResultData:
         return run.result(Outcome.succeeded, changes, None, warnings)
     await step("planned")  # test-only (worker/change/faults.py)
     try:
-        async with hold_locks([c.host for c in changes], run.options.lock_timeout):
+        async with await taking([c.host for c in changes], run.options.lock_timeout, early):
             previous = None if request.dry_run else await resume.replay(run, changes)
             if previous is not None:
                 return previous

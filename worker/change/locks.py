@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -66,9 +66,7 @@ async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending)
-            for var, value in context.items():
-                if var.get(_UNSET) is not value:
-                    var.set(value)
+            _adopt(context)
             tries: list[BaseException | Callable[..., Awaitable[bool]] | None] = [
                 task.exception() or task.result() if task.done() and not task.cancelled() else None
                 for task in tasks
@@ -95,6 +93,95 @@ async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[
         await release(type(exc), exc, exc.__traceback__)
         raise
     await release(None, None, None)
+
+
+class EarlyLocks(AbstractAsyncContextManager[None]):
+    """The change locks of servers a request names up front, taken in the background while
+    its plan reads and computes: their round trips (an agent's ``flock`` and the listing)
+    overlap the plan instead of following it. Nothing relies on them before
+    :meth:`held`: the plan's reads stay reads before the locks, checked again under them.
+
+    ``async with`` it once the plan is done: it waits until every lock is held and makes
+    them the current task's (as :func:`hold_locks` does), and releases them on exit.
+    :meth:`close` releases (or stops taking) them when the plan ends the request instead;
+    it is idempotent, so callers close it in a ``finally`` whatever happened."""
+
+    def __init__(self, hosts: Iterable[RemoteHost], wait: float) -> None:
+        unique = {h.name: h for h in hosts}
+        self.names = frozenset(unique)
+        self._context = contextvars.copy_context()
+        self._before = dict(self._context.items())
+        self._locks = hold_locks(unique.values(), wait)
+        self._taking = asyncio.create_task(self._locks.__aenter__(), context=self._context)
+        self._closed = False
+
+    def covers(self, names: Iterable[str]) -> bool:
+        """Whether these are exactly the servers being locked (and still may be used)."""
+        return not self._closed and set(names) == self.names
+
+    def within(self, names: Iterable[str]) -> bool:
+        """Whether these servers are among the ones being locked (and still may be used)."""
+        return not self._closed and set(names) <= self.names
+
+    async def held(self) -> None:
+        """Wait until every lock is held; :class:`LockTimeout` or the transport's error as
+        :func:`hold_locks` would raise them (then nothing is held)."""
+        await self._taking
+        _adopt(self._context, self._before)
+
+    async def __aenter__(self) -> None:
+        await self.held()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close(exc_type, exc, tb)
+
+    async def close(
+        self,
+        exc_type: type[BaseException] | None = None,
+        exc: BaseException | None = None,
+        tb: TracebackType | None = None,
+    ) -> None:
+        """Release what was taken (a taking still under way is cancelled first)."""
+        if self._closed:
+            return
+        self._closed = True
+        if not self._taking.done():
+            self._taking.cancel()
+        await asyncio.wait([self._taking])
+        if self._taking.cancelled() or self._taking.exception() is not None:
+            return  # hold_locks released whatever it had taken
+        await self._locks.__aexit__(exc_type, exc, tb)
+
+
+async def taking(
+    hosts: Iterable[RemoteHost], wait: float, early: EarlyLocks | None
+) -> AbstractAsyncContextManager[None]:
+    """These servers' locks: ``early`` when it is taking exactly them, else :func:`hold_locks`
+    (``early`` closed first: a second lock of a server in one task would replace the first)."""
+    hosts = list(hosts)
+    if early is not None:
+        if early.covers(h.name for h in hosts):
+            return early
+        await early.close()
+    return hold_locks(hosts, wait)
+
+
+def _adopt(
+    context: contextvars.Context, since: Mapping[contextvars.ContextVar[Any], Any] | None = None
+) -> None:
+    """Make the context variables another task set in ``context`` (a lock records itself in
+    one: SshHost refuses work once it is lost) the current task's; with ``since`` (the
+    context's values when it was copied), only those that task changed."""
+    for var, value in context.items():
+        if since is not None and since.get(var, _UNSET) is value:
+            continue
+        if var.get(_UNSET) is not value:
+            var.set(value)
 
 
 def lost_locks(hosts: Iterable[RemoteHost]) -> list[str]:

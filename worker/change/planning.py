@@ -1,8 +1,9 @@
 """The plan step of a change: read every involved server's live tree, compute its candidate.
 
-No writes and no locks. The reads run on the event loop; the CPU-heavy part (parsing,
-editing, checking the pair, the diffs and hashes) runs in a worker thread, so a 20,000-subnet
-config never stalls AMQP heartbeats, SSH keepalives or the other changes in flight.
+No writes, and no lock relied on (a modify's are being taken meanwhile: :func:`lock_early`).
+The reads run on the event loop; the CPU-heavy part (parsing, editing, checking the pair, the
+diffs and hashes) runs in a worker thread, so a 20,000-subnet config never stalls AMQP
+heartbeats, SSH keepalives or the other changes in flight.
 
 Another change unfinished on a server is looked at here too: one that has in fact ended (a
 done record on another of its servers) is completed on the spot (:func:`refuse_if_unfinished`).
@@ -18,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from worker.change.finish import complete, ended_elsewhere
 from worker.change.journal import journal_dir, list_journal_dir, unfinished_changes
-from worker.change.locks import hold_locks
+from worker.change.locks import EarlyLocks, hold_locks
 from worker.change.model import ServerChange, planned_change
 from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
 from worker.change.ports import RemoteHost
@@ -61,13 +62,15 @@ def anchors(request: ModifyRequest | RemoveRequest) -> list[str]:
     return [request.params.server]
 
 
-async def plan_when_others_end(run: Run) -> Planned:
+async def plan_when_others_end(run: Run, early: EarlyLocks | None = None) -> Planned:
     """Plan, even if another change's journal was seen before the locks: that change may be
     running still (its worker holds the lock while it finishes). The check under the locks
     decides, before anything is touched. Only if the plan fails or finds nothing to change
     on what may be a half-changed pair (it takes no lock then) does it wait for those
     servers' locks once and plan afresh; unfinished then means cut off, and the request
-    fails with ``unfinished_change``."""
+    fails with ``unfinished_change``. Where ``early`` is taking those locks already, it waits
+    for them there (and keeps them): a second lock of the same server in one task would
+    replace the first."""
     try:
         changes, warnings = await plan(run)
         if not run.busy or any(c.changed for c in changes):
@@ -81,8 +84,13 @@ async def plan_when_others_end(run: Run) -> Planned:
     run.listings.clear()
     run.busy.clear()
     run.strict = True
-    async with hold_locks([run.fleet.host(n) for n in busy], run.options.lock_timeout):
-        pass
+    if early is not None and early.within(busy):
+        await early.held()
+    else:
+        if early is not None:
+            await early.close()
+        async with hold_locks([run.fleet.host(n) for n in busy], run.options.lock_timeout):
+            pass
     return await plan(run)
 
 
@@ -221,6 +229,20 @@ def prefetch(run: Run) -> None:
         except Exception:
             return  # the plan says why, as it would have
         run.prefetched[name] = asyncio.ensure_future(read_snapshot(host))
+
+
+def lock_early(run: Run) -> EarlyLocks | None:
+    """A modify names both its servers, and a modify that gets this far almost always
+    changes them: start taking their locks while the plan reads, so the lock's round trips
+    are not added after it. A remove learns its partners from the configs: it locks after
+    the plan."""
+    if not isinstance(run.request, ModifyRequest):
+        return None
+    try:
+        hosts = [run.fleet.host(n) for n in anchors(run.request)]
+    except UnknownServer:
+        return None  # the plan says why, as it would have
+    return EarlyLocks(hosts, run.options.lock_timeout)
 
 
 async def refuse_if_unfinished(

@@ -73,7 +73,12 @@ class AgentCommands(ServerConnection):
         (SFTP sends every entry's attributes, which asyncssh decodes in Python: 5 ms of CPU
         for a config directory holding a hundred journal records, several times a change.)"""
         held = self._held_lock()
-        if held is not None and held.listing is not None and held.listing[0] == directory:
+        if (
+            held is not None
+            and held.listing is not None
+            and held.listing[0] == directory
+            and self._unwritten_since(held.mark)
+        ):
             self._check_lock()
             names, held.listing = held.listing[1], None
             return names
@@ -200,13 +205,13 @@ class AgentCommands(ServerConnection):
         started = time.monotonic()
         line = command if cwd is None else f"cd {shlex.quote(cwd)} && {command}"
         held = self._held_lock()
-        self._forget_listing()  # a command may change the directory too
         try:
-            if held is not None:
-                self._check_lock()
-                agent, reply = held.agent, await held.agent.run(line, timeout)
-            else:
-                agent, reply = await self._request(lambda a: a.run(line, timeout))
+            with self._writing():  # a command may change the directory too
+                if held is not None:
+                    self._check_lock()
+                    agent, reply = held.agent, await held.agent.run(line, timeout)
+                else:
+                    agent, reply = await self._request(lambda a: a.run(line, timeout))
         except AgentTimeout as e:
             raise Ambiguous(
                 f"{self._name}: `{command}` got {e} (past its {timeout:g}s timeout); "
@@ -255,6 +260,7 @@ class AgentCommands(ServerConnection):
         path = self._server.effective_lock_path
         directory = posixpath.dirname(self._server.config_path)
         wait = max(wait_seconds, 0.0)
+        mark = self._write_mark()
         try:
             agent, reply = await self._request(
                 lambda a: a.request(
@@ -278,7 +284,7 @@ class AgentCommands(ServerConnection):
             log.debug("ssh.locked", server=self._name, path=path)
             names, listed, status = reply.stdout.rpartition(LISTED)
             ok = listed and status == b"0"  # a listing that failed is left to listdir
-            return _HeldLock(agent, (directory, _names(names)) if ok else None)
+            return _HeldLock(agent, (directory, _names(names)) if ok else None, mark)
         self._checkin(agent)
         if reply.status == LOCK_BUSY_EXIT:
             raise LockTimeout(

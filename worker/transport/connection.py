@@ -10,10 +10,11 @@ failure mapping, are in :mod:`worker.transport.ssh`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -102,12 +103,17 @@ class _HeldLock:
     """A change lock: the agent shell whose file descriptor holds the ``flock``, and which
     runs the change's commands on that host while it is held."""
 
-    def __init__(self, agent: Agent, listing: tuple[str, list[str]] | None = None) -> None:
+    def __init__(
+        self, agent: Agent, listing: tuple[str, list[str]] | None = None, mark: int | None = None
+    ) -> None:
         self.agent = agent
         self.listing = listing
         """The config directory as the lock request listed it, just after the lock was taken:
         the first listing of that directory under the lock, served once (no round trip),
         and forgotten as soon as this host changes anything."""
+        self.mark = mark
+        """:meth:`ServerConnection._write_mark` when the lock request was sent: the listing
+        is served only if no write to this host began since (see there)."""
         self.released = False
         """Set when the change lets go; a task that outlived the ``async with`` (its context
         still names the lock) then acts as one without a lock."""
@@ -138,6 +144,8 @@ class ServerConnection:
         self._pool_lock = asyncio.Lock()
         self.connections_opened = 0
         """Handshakes done so far: a warm host does none (for metrics and tests)."""
+        self._writes_begun = 0
+        self._writes_ended = 0
 
     @property
     def name(self) -> str:
@@ -303,6 +311,33 @@ class ServerConnection:
         held = self._held_lock()
         if held is not None:
             held.listing = None
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Around anything that may change this host's files (a write, a command)."""
+        if self._held_lock() is not None:
+            self._forget_listing()
+            yield
+            return
+        self._writes_begun += 1  # see _write_mark
+        try:
+            yield
+        finally:
+            self._writes_ended += 1
+
+    def _write_mark(self) -> int | None:
+        """Taken when a lock request (and its listing) is sent. A lock may be taken while
+        the same change plans beside it (:class:`~worker.change.locks.EarlyLocks`), and a
+        plan may write without a lock (it completes another change's bookkeeping); so may
+        a failed change's done record. Such a write under way when the request is sent (None
+        here), or begun after it, may be missing from the listing, which is then not served.
+        Writes under a lock need no mark: the holder's own forget the listing, and another
+        holder's end before its lock, hence before the listing is taken."""
+        begun = self._writes_begun
+        return begun if begun == self._writes_ended else None
+
+    def _unwritten_since(self, mark: int | None) -> bool:
+        return mark is not None and self._writes_begun == mark
 
     def _check_lock(self) -> None:
         """Refuse to act for a change whose lock on this host vanished with its connection."""

@@ -65,13 +65,12 @@ class SftpFiles(ServerConnection):
         where: str | None = None,
     ) -> T:
         self._check_lock()
-        if mutating:
-            self._forget_listing()
         sftp = await self._sftp_client()
         conn = self._conn
         try:
-            async with asyncio.timeout(self._options.command_timeout):
-                return await op(sftp)
+            with self._writing() if mutating else contextlib.nullcontext():
+                async with asyncio.timeout(self._options.command_timeout):
+                    return await op(sftp)
         except asyncssh.SFTPNoSuchFile as e:
             raise RemoteFileNotFound(f"{self._name}: {what}: {e.reason}", server=self._name) from e
         except (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection) as e:
