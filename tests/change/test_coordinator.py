@@ -434,6 +434,23 @@ async def test_validation_failure_on_one_server_fails_with_nothing_changed(
     assert_untouched(world)
 
 
+async def test_a_plan_that_rejects_does_not_wait_for_the_locks_taken_beside_it(
+    world: World,
+) -> None:
+    """A modify's locks are taken while it plans; a plan that ends the request (here: no
+    such relationship) stops that wait and leaves no lock behind."""
+    request = modify_request()
+    params = request.params.model_copy(update={"name": "no-such-relationship"})
+    request = request.model_copy(update={"params": params})
+    async with world.secondary.lock(1):
+        result = await execute(request, "req-modify-1", world.fleet, ChangeOptions(60))
+        assert world.locked() == [SECONDARY]  # only ours, from this block
+
+    assert result.outcome is Outcome.rejected, result.error
+    assert world.locked() == []
+    assert_untouched(world)
+
+
 async def test_lock_held_by_another_change_fails_after_a_bounded_wait(world: World) -> None:
     async with world.secondary.lock(1):
         result = await execute(modify_request(), "req-modify-1", world.fleet, FAST)

@@ -217,6 +217,29 @@ async def test_the_lock_brings_the_config_directory_listing_once_and_forgets_it_
     assert ops == ["list", "lock", "list", "unlock", "lock", "run", "list", "list", "unlock"]
 
 
+async def test_a_write_without_the_lock_after_it_was_asked_for_is_never_missed(
+    pair: LocalHosts, fleet: SshFleet
+) -> None:
+    """A modify's locks are taken while its plan runs beside them, and the plan may write
+    without a lock (it completes another change's bookkeeping): a listing the lock brought
+    from before such a write is not served."""
+    host = fleet.host(PRIMARY)
+    directory = posixpath.dirname(host.config_path)
+    held, wrote = asyncio.Event(), asyncio.Event()
+
+    async def under_the_lock() -> list[str]:
+        async with host.lock(5):
+            held.set()
+            await wrote.wait()
+            return await host.listdir(directory)
+
+    task = asyncio.create_task(under_the_lock())  # a context of its own, as EarlyLocks has
+    await held.wait()
+    await host.write(posixpath.join(directory, ".dfw-beside.tmp"), b"x")  # holds no lock
+    wrote.set()
+    assert ".dfw-beside.tmp" in await task
+
+
 async def test_listdir_takes_glob_characters_in_the_path_literally(
     pair: LocalHosts, fleet: SshFleet
 ) -> None:

@@ -8,7 +8,7 @@
                        edited by hand during the change, candidate refused by ``dhcpd -t``,
                        another change unfinished on a server (``unfinished_change``)
 ``succeeded``          committed, restarted and verified everywhere (where ``omapi`` is set);
-                       or nothing to change (no lock taken, nothing written); or a dry run
+                       or nothing to change (nothing written); or a dry run
 ``rolled_back``        a commit or verify step failed; every server touched holds its old
                        file again, restarted on it where it had been; the old pair verified
 ``rollback_failed``    restoring failed too, or the old pair did not re-form;
@@ -16,8 +16,10 @@
 =====================  ====================================================================
 
 Plan (:mod:`~worker.change.planning`) reads every server's live tree and computes the
-candidates (no writes, no locks; the CPU work in a thread). Prepare
-(:mod:`~worker.change.prepare`) takes every involved server's lock (:mod:`~worker.change.locks`:
+candidates (no writes, no lock relied on; the CPU work in a thread). A modify's locks are
+requested meanwhile (:class:`~worker.change.locks.EarlyLocks`: it names both servers), so
+their round trips overlap the journal lookup and the plan. Prepare
+(:mod:`~worker.change.prepare`) holds every involved server's lock (:mod:`~worker.change.locks`:
 no deadlock between changes sharing servers), checks the live bytes still match the plan,
 stages each candidate beside its live file and runs the server's ``validate_command`` on it,
 writes a journal on each server and reads each running dhcpd over OMAPI. Commit then goes per
@@ -29,9 +31,9 @@ and done records (:mod:`~worker.change.resume`). Each journal directory is liste
 the locks and once under them; the second listing stays true while the locks are held (but for
 this change's own files).
 
-Requests sharing servers are applied one after the other: the plan takes no lock, so a
-request delivered while another change of its servers commits may find, once it holds the
-locks, the files changed since it read them. It then plans again under those locks, on the
+Requests sharing servers are applied one after the other: the plan does not wait for the
+locks, so a request delivered while another change of its servers commits may find, once it
+holds the locks, the files changed since it read them. It then plans again under those locks, on the
 files as they are (:func:`_replan_locked`): a serial order, no lost update. Only files edited
 by hand again meanwhile end it in ``concurrent_change``.
 

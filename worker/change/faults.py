@@ -24,7 +24,7 @@ server, so ``renamed:2`` is the second server's):
 =============  ===========================================================  ===========
 step           reached                                                      where
 =============  ===========================================================  ===========
-``planned``    the plan is computed, something changes; no lock yet         coordinator
+``planned``    the plan is computed, something changes; locks may be held   coordinator
 ``staged``     one server's candidates written beside its live files        prepare
 ``validated``  one server's candidates passed its ``validate_command``      prepare
 ``journaled``  one server's journal written                                 prepare
