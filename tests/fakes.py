@@ -100,7 +100,9 @@ class FakeHost:
             )
         return data
 
-    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
+    async def write(
+        self, path: str, data: bytes, *, like: str | None = None, in_place: bool = False
+    ) -> None:
         self._check()
         if self.fail_writes:
             raise Ambiguous(f"{self.name}: write {path} failed", server=self.name)

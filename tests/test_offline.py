@@ -312,9 +312,16 @@ def test_plan_validates_a_change_two_includes_down_with_both_levels_rewritten(
     written: list[str] = []
     write = LocalFileHost.write
 
-    async def spy(self: LocalFileHost, path: str, data: bytes, *, like: str | None = None) -> None:
+    async def spy(
+        self: LocalFileHost,
+        path: str,
+        data: bytes,
+        *,
+        like: str | None = None,
+        in_place: bool = False,
+    ) -> None:
         written.append(path)
-        await write(self, path, data, like=like)
+        await write(self, path, data, like=like, in_place=in_place)
 
     monkeypatch.setattr(LocalFileHost, "write", spy)
     result = run_plan(tmp_path, modify(Mclt=0), p, s, "--out", str(tmp_path / "out"))

@@ -36,13 +36,15 @@ class KnobHost(FakeHost):
             raise SimulatedCrash(f"{self.name}: worker died before {op}")
         self.timeline.append((self.name, *op))
 
-    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
+    async def write(
+        self, path: str, data: bytes, *, like: str | None = None, in_place: bool = False
+    ) -> None:
         self._op("write", path)
         if self.refuse_write(path):
             from worker.errors import RemoteFileError
 
             raise RemoteFileError(f"{self.name}: permission denied: {path}", server=self.name)
-        await super().write(path, data, like=like)
+        await super().write(path, data, like=like, in_place=in_place)
 
     async def replace(self, src: str, dst: str) -> None:
         self._op("replace", src, dst)

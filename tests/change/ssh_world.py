@@ -58,8 +58,10 @@ class Probe:
     async def read(self, path: str) -> bytes | None:
         return await self.inner.read(path)
 
-    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
-        await self.inner.write(path, data, like=like)
+    async def write(
+        self, path: str, data: bytes, *, like: str | None = None, in_place: bool = False
+    ) -> None:
+        await self.inner.write(path, data, like=like, in_place=in_place)
 
     async def replace(self, src: str, dst: str) -> None:
         if self.crash_at(("replace", src, dst)):

@@ -51,8 +51,10 @@ async def test_journals_are_no_more_readable_than_the_config(world: World, mode:
     journal_modes: list[int] = []
     write = world.secondary.write
 
-    async def note_journal_modes(path: str, data: bytes, *, like: str | None = None) -> None:
-        await write(path, data, like=like)
+    async def note_journal_modes(
+        path: str, data: bytes, *, like: str | None = None, in_place: bool = False
+    ) -> None:
+        await write(path, data, like=like, in_place=in_place)
         if posixpath.basename(path).startswith(".dhcp-failover-"):
             journal_modes.append(world.secondary.modes[path])
 

@@ -2,8 +2,9 @@
 
 Found by the cluster test (test_cluster.py), where a few of every 500 requests ended
 ``failed`` / ``concurrent_change`` before any fault was injected: the second request reads the
-live files when it is delivered (planning does not wait for locks), waits for the locks the first holds,
-then finds the files it read replaced, by the first request of the same worker, and refuses.
+live files when it is delivered (planning does not wait for locks), waits for the locks the
+first holds, then finds the files it read replaced, by the first request of the same worker,
+and refuses.
 Nobody else edited them; the server locks were meant to serialise the two (issue 11, fault 4:
 "the final config reflects every request in some serial order").
 """

@@ -212,22 +212,29 @@ async def test_read_of_a_missing_file_returns_none(harness: Harness) -> None:
     assert await harness.host.read(_beside(harness, "nope.conf")) is None
 
 
-async def test_write_creates_then_truncates_a_file(harness: Harness) -> None:
+IN_PLACE = pytest.mark.parametrize("in_place", [False, True], ids=["atomic", "in-place"])
+
+
+@IN_PLACE
+async def test_write_creates_then_truncates_a_file(harness: Harness, in_place: bool) -> None:
     path = _beside(harness, "candidate.conf")
-    await harness.host.write(path, b"first version, rather long\n")
-    await harness.host.write(path, b"short\n")
+    before = await harness.host.listdir(_dir(harness))
+    await harness.host.write(path, b"first version, rather long\n", in_place=in_place)
+    await harness.host.write(path, b"short\n", in_place=in_place)
     assert await harness.host.read(path) == b"short\n"
+    assert await harness.host.listdir(_dir(harness)) == sorted([*before, "candidate.conf"])
 
 
+@IN_PLACE
 @pytest.mark.parametrize("mode", [0o640, 0o600], ids=oct)
-async def test_write_copies_the_mode_of_like(harness: Harness, mode: int) -> None:
+async def test_write_copies_the_mode_of_like(harness: Harness, mode: int, in_place: bool) -> None:
     other = _beside(harness, "journal.json")
     await harness.host.write(other, b"{}\n")
     harness.set_mode(other, mode)
     path = _beside(harness, "done.json")
-    await harness.host.write(path, b"x\n", like=other)
+    await harness.host.write(path, b"x\n", like=other, in_place=in_place)
     assert harness.mode(path) == mode
-    await harness.host.write(path, b"y\n", like=harness.host.config_path)  # a replace too
+    await harness.host.write(path, b"y\n", like=harness.host.config_path, in_place=in_place)
     assert harness.mode(path) == harness.mode(harness.host.config_path) == 0o644
 
 
@@ -237,10 +244,11 @@ async def test_write_without_like_gets_mode_644(harness: Harness) -> None:
     assert harness.mode(path) == 0o644
 
 
-async def test_write_round_trips_arbitrary_bytes(harness: Harness) -> None:
+@IN_PLACE
+async def test_write_round_trips_arbitrary_bytes(harness: Harness, in_place: bool) -> None:
     data = bytes(range(256)) * 300
     path = _beside(harness, "binary.bin")
-    await harness.host.write(path, data)
+    await harness.host.write(path, data, in_place=in_place)
     assert await harness.host.read(path) == data
 
 

@@ -333,6 +333,21 @@ async def test_write_leaves_no_temp_file_and_keeps_owner_and_mode(
     assert sorted(p.name for p in local.config_dir.iterdir()) == ["candidate.conf", "dhcpd.conf"]
 
 
+async def test_a_write_in_place_keeps_the_file_and_an_atomic_one_replaces_it(
+    pair: LocalHosts, fleet: SshFleet
+) -> None:
+    """In place: one round trip less, the same file truncated (nothing may link to it);
+    atomic: a new file renamed over, so a hard link (a backup) keeps the old bytes."""
+    host = fleet.host(PRIMARY)
+    staged = pair.hosts[PRIMARY].config_dir / ".dhcpd.conf.req-1.new"
+    await host.write(staged.as_posix(), b"first\n", in_place=True)
+    inode = staged.stat().st_ino
+    await host.write(staged.as_posix(), b"second\n", in_place=True)
+    assert (staged.stat().st_ino, staged.read_bytes()) == (inode, b"second\n")
+    await host.write(staged.as_posix(), b"third\n")
+    assert (staged.stat().st_ino != inode, staged.read_bytes()) == (True, b"third\n")
+
+
 async def test_reading_a_device_that_never_ends_stops_at_the_read_limit(fleet: SshFleet) -> None:
     with pytest.raises(RemoteFileTooLarge) as caught:  # (32 MiB: about 0.1 s here)
         await fleet.host(PRIMARY).read("/dev/zero")

@@ -67,7 +67,9 @@ class RemoteHost(Protocol):
         a longer file, or one that never ends, is ``RemoteFileTooLarge``."""
         ...
 
-    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
+    async def write(
+        self, path: str, data: bytes, *, like: str | None = None, in_place: bool = False
+    ) -> None:
         """Write ``path`` (created or replaced), copying mode and owner of ``like`` if given.
 
         Atomic: ``path`` holds its old bytes (or does not exist) until the new bytes are all
@@ -76,6 +78,14 @@ class RemoteHost(Protocol):
         Callers rely on this and add no temp file of their own. Being a replace, it gives
         ``path`` a new file: another name linked to the old one (:meth:`link`) keeps the old
         bytes. Writers use a path in the live file's own directory so a later rename is atomic.
+
+        ``in_place``: written straight into ``path`` (truncated if it exists), durable when
+        this returns, one round trip less; a crash meanwhile can leave it partial. Only for
+        a file of this change's own that nothing uses before the write has returned, and
+        whose bytes are checked before any later use: a staged candidate (validated next;
+        a resumed change takes it only if its sha256 matches the journal) or a validation
+        copy. Never linked elsewhere, so truncating it keeps no other name's bytes from
+        changing.
         """
         ...
 

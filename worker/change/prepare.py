@@ -109,15 +109,15 @@ async def _stage_and_validate(run: Run, change: ServerChange, staged: asyncio.Ev
             setup_for(host, change.main, change.after_texts, changed, run.request_id)
         )
         setup.add_done_callback(retrieve)  # not awaited if a write fails or we are cancelled
-    candidates = []
-    for f in change.files:
-        assert f.after is not None
-        change.temps.add(f.staged)
-        candidates.append(host.write(f.staged, f.after, like=f.path))
     try:
+        candidates = []
+        for f in change.files:
+            assert f.after is not None
+            change.temps.add(f.staged)
+            candidates.append(host.write(f.staged, f.after, like=f.path, in_place=True))
         await all_of(candidates)
     finally:
-        staged.set()
+        staged.set()  # also if building a write raised: the other steps wait for this
     if setup is not None:
         await step("staged")  # test-only (worker/change/faults.py)
         await validate_tree(

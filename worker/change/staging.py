@@ -99,7 +99,7 @@ async def validate_tree(
     temps = temps if temps is not None else set()
     for live, (copy, text) in setup.copies.items():
         temps.add(copy)
-        await host.write(copy, encode(text), like=live)
+        await host.write(copy, encode(text), like=live, in_place=True)
     result = await host.validate(setup.target)
     for copy, _ in setup.copies.values():
         await host.remove(copy)

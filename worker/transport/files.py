@@ -148,14 +148,19 @@ class SftpFiles(ServerConnection):
                 f"{self._name}: connection lost twice during {what}", server=self._name
             ) from e
 
-    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
+    async def write(
+        self, path: str, data: bytes, *, like: str | None = None, in_place: bool = False
+    ) -> None:
         """Write via a hidden temp file renamed over ``path``: never a half-written ``path``.
 
         The temp file is ``.<name>.<12 hex>.tmp`` beside ``path``; it is removed on any error,
         but a connection cut mid-write can leave one behind for a later cleanup to find.
+        ``in_place`` (see :meth:`RemoteHost.write`): ``path`` itself, truncated, no rename.
         """
         directory, base = posixpath.split(path)
-        tmp = posixpath.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp = (
+            path if in_place else posixpath.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+        )
 
         async def like_attrs(sftp: asyncssh.SFTPClient) -> tuple[int, tuple[int, int] | None]:
             mode, owner = 0o644, None
@@ -171,14 +176,17 @@ class SftpFiles(ServerConnection):
         async def op(sftp: asyncssh.SFTPClient) -> None:
             # Three round trips: open (the stat of ``like`` beside it); then data, owner and
             # mode, fsync and close sent together (an SFTP server handles one handle's
-            # requests in order); the rename only once all of them succeeded.
+            # requests in order); the rename only once all of them succeeded. In place: two.
             attrs = asyncio.ensure_future(like_attrs(sftp))
             # Data larger than one request is written first (asyncssh splits it into requests
             # in flight together, sent from tasks of its own: not in order with the close).
             big = len(data) > max(sftp.limits.max_write_len, 1)
             try:
                 f = await sftp.open(
-                    tmp, "xb", asyncssh.SFTPAttrs(permissions=0o600), block_size=-1 if big else 0
+                    tmp,
+                    "wb" if in_place else "xb",
+                    asyncssh.SFTPAttrs(permissions=0o600),
+                    block_size=-1 if big else 0,
                 )
                 try:
                     mode, owner = await attrs
@@ -211,7 +219,8 @@ class SftpFiles(ServerConnection):
                     raise set_at_once
                 if not at_once or set_at_once is not None:  # not tried, or refused
                     await self._set_owner_and_mode(sftp, tmp, owner, mode, path, like)
-                await sftp.posix_rename(tmp, path)
+                if not in_place:
+                    await sftp.posix_rename(tmp, path)
             except BaseException:
                 attrs.add_done_callback(retrieve)
                 with contextlib.suppress(Exception):

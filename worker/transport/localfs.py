@@ -141,11 +141,15 @@ class LocalFileHost:
     def _too_large(self, path: str, why: str) -> RemoteFileTooLarge:
         return RemoteFileTooLarge(f"{self._name}: {path} {why}; not read", server=self._name)
 
-    async def write(self, path: str, data: bytes, *, like: str | None = None) -> None:
+    async def write(
+        self, path: str, data: bytes, *, like: str | None = None, in_place: bool = False
+    ) -> None:
         """Atomic: a hidden temp file beside ``path`` (``.<name>.<12 hex>.tmp``, the name the
-        worker's clean-up knows), mode and owner of ``like`` (default 0644), fsync, rename."""
+        worker's clean-up knows), mode and owner of ``like`` (default 0644), fsync, rename.
+        ``in_place`` (see :meth:`RemoteHost.write`): ``path`` itself, truncated, no rename."""
         directory, base = os.path.split(path)
-        tmp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp = path if in_place else os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+        flags = os.O_TRUNC if in_place else os.O_EXCL
 
         def op() -> None:
             mode, owner = 0o644, None
@@ -153,7 +157,7 @@ class LocalFileHost:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(like)
                     mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | flags | os.O_CLOEXEC, 0o600)
             try:
                 try:
                     view = memoryview(data)
@@ -173,7 +177,8 @@ class LocalFileHost:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                os.rename(tmp, path)
+                if not in_place:
+                    os.rename(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
