@@ -18,7 +18,7 @@
 Plan (:mod:`~worker.change.planning`) reads every server's live tree and computes the
 candidates (no writes, no lock relied on; the CPU work in a thread). A modify's locks are
 requested meanwhile (:class:`~worker.change.locks.EarlyLocks`: it names both servers), so
-their round trips overlap the journal lookup and the plan. Prepare
+their round trips overlap the plan. Prepare
 (:mod:`~worker.change.prepare`) holds every involved server's lock (:mod:`~worker.change.locks`:
 no deadlock between changes sharing servers), checks the live bytes still match the plan,
 stages each candidate beside its live file and runs the server's ``validate_command`` on it,
@@ -245,13 +245,16 @@ def _known(run: Run, names: Iterable[str]) -> list[str]:
 
 async def _attempt(run: Run) -> ResultData:
     """One try at the request; a :class:`LockTimeout` propagates, the caller decides."""
-    early = lock_early(run)  # the locks' round trips travel with the lookup's and the plan's
+    early: EarlyLocks | None = None
     try:
         if not run.request.dry_run:
             prefetch(run)  # the plan's reads travel with the journal lookup's
-            previous = await resume.resume_previous(run, early)
+            previous = await resume.resume_previous(run)
             if previous is not None:
                 return previous
+            # After the lookup: its agents are free again, so the lock reuses one (the plan
+            # lists nothing more), and a cut-off change it found took the locks itself.
+            early = lock_early(run)
         return await _plan_and_change(run, early)
     except (LockTimeout, LockLost):
         raise

@@ -233,10 +233,11 @@ def prefetch(run: Run) -> None:
 
 def lock_early(run: Run) -> EarlyLocks | None:
     """A modify names both its servers, and a modify that gets this far almost always
-    changes them: start taking their locks while the plan reads, so the lock's round trips
-    are not added after it. A remove learns its partners from the configs: it locks after
-    the plan."""
-    if not isinstance(run.request, ModifyRequest):
+    changes them: start taking their locks while the plan reads and computes, so the lock's
+    round trips are not added after it. A remove learns its partners from the configs: it
+    locks after the plan. So does a dry run, which looks up no journal first: its plan's
+    listing would need a second agent beside the lock's."""
+    if not isinstance(run.request, ModifyRequest) or run.request.dry_run:
         return None
     try:
         hosts = [run.fleet.host(n) for n in anchors(run.request)]
