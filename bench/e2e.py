@@ -368,7 +368,8 @@ async def measure(
                     await asyncio.sleep(pause)
                     await worker.change(40 + i % 2, record=False)
             log.flush()
-            steps = shares(worker.windows, timeline, received_at(workdir / "worker.log"))
+            received = received_at(workdir / "worker.log")
+            steps = shares(worker.windows, timeline, received, args.timeline)
     series = [worker.latency, worker.inside, floor, exec_serial, floor_sh, serial]
     return [*series, broker.figures], steps
 
@@ -423,6 +424,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument(
         "--pause", type=float, default=0.0, help="ms between two samples (0: back to back)"
+    )
+    parser.add_argument(
+        "--timeline", type=int, default=0, help="print the last N step-timed changes call by call"
     )
     parser.add_argument("--amqp-url", default=DEFAULT_AMQP)
     args = parser.parse_args(argv)

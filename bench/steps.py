@@ -63,6 +63,7 @@ class Call:
     server: str
     start: float
     end: float
+    method: str = "lock"
 
 
 @dataclass
@@ -119,7 +120,7 @@ def timing() -> Iterator[Timeline]:
             try:
                 return await original(self, *args, **kwargs)
             finally:
-                timeline.add(request, Call(step, self.name, start, time.time()))
+                timeline.add(request, Call(step, self.name, start, time.time(), method))
 
         setattr(SshHost, method, timed)
 
@@ -171,7 +172,7 @@ class _TimedLock:
         try:
             await self._inner.__aexit__(kind, exc, tb)
         finally:
-            self._timeline.add(request, Call("cleanup", self._server, start, time.time()))
+            self._timeline.add(request, Call("cleanup", self._server, start, time.time(), "unlock"))
             self._timeline.locked.discard((request, self._server))
             self._timeline.recorded.discard((request, self._server))
 
@@ -211,14 +212,20 @@ class Shares:
     changes: int = 0
     windows_ms: list[float] = field(default_factory=list)
     packets: Counter[str] = field(default_factory=Counter)
+    timelines: list[str] = field(default_factory=list)  # the last changes, call by call
 
     @property
     def total(self) -> float:
         return sum(self.ms.values())
 
 
-def shares(windows: list[Window], timeline: Timeline, received: dict[str, float]) -> Shares:
+def shares(
+    windows: list[Window], timeline: Timeline, received: dict[str, float], show: int = 0
+) -> Shares:
+    """The steps' shares of ``windows``; ``show``: the last that many also call by call."""
     out = Shares(packets=timeline.packets)
+    for w in windows[len(windows) - show :] if show else []:
+        out.timelines.extend(_timeline(w, timeline.calls.get(w.request_id, []), received))
     for w in windows:
         calls = timeline.calls.get(w.request_id, [])
         start = min(max(received.get(w.request_id, w.published), w.published), w.replied)
@@ -236,6 +243,26 @@ def shares(windows: list[Window], timeline: Timeline, received: dict[str, float]
         out.changes += 1
         out.windows_ms.append((w.replied - w.published) * 1000)
     return out
+
+
+def _timeline(w: Window, calls: list[Call], received: dict[str, float]) -> list[str]:
+    """One change's server calls in the order they started, in ms from the publish: where
+    the critical path waits on what."""
+
+    def ms(t: float) -> float:
+        return (t - w.published) * 1000
+
+    lines = [
+        f"\n{w.request_id}: result event at {ms(w.replied):.1f} ms, "
+        f"received by the worker at {ms(received.get(w.request_id, w.published)):.1f} ms",
+        f"  {'server':20} {'step':9} {'call':8} {'start':>7} {'end':>7} {'ms':>5}",
+    ]
+    for c in sorted(calls, key=lambda c: c.start):
+        lines.append(
+            f"  {c.server:20.20} {c.step:9} {c.method:8} {ms(c.start):7.1f} {ms(c.end):7.1f} "
+            f"{(c.end - c.start) * 1000:5.1f}"
+        )
+    return lines
 
 
 def print_shares(s: Shares) -> None:
@@ -263,3 +290,5 @@ def print_shares(s: Shares) -> None:
         f"  SSH packets sent per change: {sent:.1f}, of which channel data {data:.1f} and "
         f"SSH_MSG_IGNORE {ignore:.1f} (asyncssh sends one before every packet)"
     )
+    for line in s.timelines:
+        print(line)

@@ -22,6 +22,7 @@ from tests.examples import REMOVE as REMOVE
 from tests.examples import REMOVE_ID as REMOVE_ID
 from worker.consumer.app import run_worker
 from worker.consumer.events import EVENT_CONTENT_TYPE
+from worker.consumer.results import Handler
 from worker.consumer.topology import declare_topology
 from worker.messages import (
     ModifyRequest,
@@ -263,7 +264,7 @@ class RunningWorker:
 async def running_worker(
     connection: AbstractConnection,
     settings: Settings,
-    handler: Callable[[ModifyRequest | RemoveRequest, str], Awaitable[ResultData]],
+    handler: Handler,
     *,
     stop_timeout: float = 20.0,
 ) -> AsyncIterator[RunningWorker]:
