@@ -122,9 +122,14 @@ async def test_the_backup_is_a_hard_link_taken_just_before_the_rename(world: Wor
         assert ops[link + 1][0] == "replace" and ops[link + 1][2] == host.config_path
 
 
-async def test_a_change_lists_each_config_directory_once_before_and_once_under_the_lock(
-    world: World, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("free", [True, False], ids=["locks free", "a lock busy at first"])
+async def test_a_change_lists_each_config_directory_once_under_the_lock_or_once_before_it(
+    world: World, monkeypatch: pytest.MonkeyPatch, free: bool
 ) -> None:
+    """A modify whose locks are free at once holds them from the start: one listing (over
+    SSH the lock request brings it) answers the journal lookup, the plan and prepare. One
+    busy at first: the journal lookup lists before the locks, and prepare once more under
+    them."""
     listed: list[tuple[str, str]] = []
     for host in world.hosts.values():
 
@@ -134,11 +139,17 @@ async def test_a_change_lists_each_config_directory_once_before_and_once_under_t
 
         monkeypatch.setattr(host, "listdir", listdir)
 
-    result = await execute(modify_request(), "req-modify-1", world.fleet)
+    if free:
+        result = await execute(modify_request(), "req-modify-1", world.fleet)
+    else:
+        async with world.secondary.lock(1):
+            running = asyncio.create_task(execute(modify_request(), "req-modify-1", world.fleet))
+            await asyncio.sleep(0.05)
+        result = await running
 
     assert result.outcome is Outcome.succeeded
     for host in world.hosts.values():
-        assert listed.count((host.name, "/etc/dhcp")) == 2, listed
+        assert listed.count((host.name, "/etc/dhcp")) == (1 if free else 2), listed
 
 
 async def test_the_plan_reads_start_while_the_journal_directories_are_listed(
@@ -764,7 +775,10 @@ async def test_the_same_request_twice_applies_once_and_returns_the_same_result(
     second = await execute(modify_request(), "req-modify-1", world.fleet)
 
     assert without_durations(second) == without_durations(first)
-    assert world.timeline == mutations  # not even a lock
+    # Nothing written: at most the locks a modify takes before its journal lookup.
+    assert world.timeline[: len(mutations)] == mutations
+    again = [op for _, op, *_ in world.timeline[len(mutations) :]]
+    assert set(again) <= {"lock", "unlock"} and again.count("lock") == again.count("unlock")
     assert world.primary.restart_count() == world.secondary.restart_count() == 1
 
 
@@ -801,7 +815,8 @@ async def test_a_run_that_plans_after_its_twin_committed_returns_the_recorded_re
         return {} if lookups == 1 else await real_find_previous(*args, **kwargs)
 
     monkeypatch.setattr(recovery, "find_previous", too_early_once)
-    second = await execute(modify_request(), "req-modify-1", world.fleet)
+    async with world.secondary.lock(1):  # busy at the first try: the lookup is made unlocked
+        second = await execute(modify_request(), "req-modify-1", world.fleet)
 
     assert lookups >= 2
     assert without_durations(second) == without_durations(first)

@@ -108,7 +108,7 @@ from worker.change.model import ServerChange
 from worker.change.planning import (
     anchors,
     check_request_id,
-    lock_early,
+    locks_first,
     plan,
     plan_when_others_end,
     prefetch,
@@ -245,17 +245,17 @@ def _known(run: Run, names: Iterable[str]) -> list[str]:
 
 async def _attempt(run: Run) -> ResultData:
     """One try at the request; a :class:`LockTimeout` propagates, the caller decides."""
-    early: EarlyLocks | None = None
+    early = locks_first(run)  # a modify: its locks, if free, before anything else
     try:
         if not run.request.dry_run:
-            prefetch(run)  # the plan's reads travel with the journal lookup's
-            previous = await resume.resume_previous(run)
+            prefetch(run)  # the plan's reads travel with the lock's (or the lookup's) listing
+        if early is not None and not await _all_free(early):
+            early = None  # busy: the usual order, the locks after the plan
+        if not run.request.dry_run:
+            previous = await resume.resume_previous(run, early)
             if previous is not None:
                 return previous
-            # After the lookup: its agents are free again, so the lock reuses one (the plan
-            # lists nothing more), and a cut-off change it found took the locks itself.
-            early = lock_early(run)
-        return await _plan_and_change(run, early)
+        return await _plan_and_change(run, early if early and not early.closed else None)
     except (LockTimeout, LockLost):
         raise
     except Exception as exc:
@@ -265,15 +265,31 @@ async def _attempt(run: Run) -> ResultData:
             await early.close()  # the plan ended the request (nothing to change, an error)
 
 
+async def _all_free(early: EarlyLocks) -> bool:
+    """Whether every lock was taken at the first try. If not (busy, or the server failed
+    to answer), none is kept, and the request goes the usual way, where the same trouble
+    meets it at its usual step."""
+    try:
+        await early.held()
+    except Exception:
+        await early.close()
+        return False
+    return True
+
+
 async def _plan_and_change(run: Run, early: EarlyLocks | None) -> ResultData:
+    """``early``: this request's locks, held since before its journal lookup."""
     request = run.request
     try:
         changes, warnings = await plan_when_others_end(run, early)
-        if not request.dry_run and not any(c.changed for c in changes):
+        if early is not None and early.closed:  # waiting for other changes took them apart
+            early = None
+        if early is not None:
+            run.locked.update(run.listings)  # listed under the locks: true while they are held
+        elif not request.dry_run and not any(c.changed for c in changes):
             # Nothing to change: maybe a twin delivery of this request id applied it
             # since the lookup above. Its outcome is the answer, not a "changed: false".
-            if early is not None:
-                await early.close()  # the lookup may take these locks to finish it
+            # (Not under the locks held since before the lookup: no twin ran meanwhile.)
             run.listings.clear()  # look again
             previous = await resume.resume_previous(run)
             if previous is not None:
@@ -287,7 +303,10 @@ async def _plan_and_change(run: Run, early: EarlyLocks | None) -> ResultData:
     await step("planned")  # test-only (worker/change/faults.py)
     try:
         async with await taking([c.host for c in changes], run.options.lock_timeout, early):
-            previous = None if request.dry_run else await resume.replay(run, changes)
+            # A twin's outcome recorded while this run waited for the locks; none can be
+            # where the lookup was made under them.
+            later = request.dry_run or early is not None
+            previous = None if later else await resume.replay(run, changes)
             if previous is not None:
                 return previous
             result = await _prepare_and_commit(run, changes, warnings)

@@ -115,6 +115,11 @@ class EarlyLocks(AbstractAsyncContextManager[None]):
         self._taking = asyncio.create_task(self._locks.__aenter__(), context=self._context)
         self._closed = False
 
+    @property
+    def closed(self) -> bool:
+        """Released (or never taken): nothing of it may be relied on any more."""
+        return self._closed
+
     def covers(self, names: Iterable[str]) -> bool:
         """Whether these are exactly the servers being locked (and still may be used)."""
         return not self._closed and set(names) == self.names

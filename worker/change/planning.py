@@ -1,6 +1,6 @@
 """The plan step of a change: read every involved server's live tree, compute its candidate.
 
-No writes, and no lock relied on (a modify's are being taken meanwhile: :func:`lock_early`).
+No writes, and no lock needed (a modify's are held where they were free: :func:`locks_first`).
 The reads run on the event loop; the CPU-heavy part (parsing, editing, checking the pair, the
 diffs and hashes) runs in a worker thread, so a 20,000-subnet config never stalls AMQP
 heartbeats, SSH keepalives or the other changes in flight.
@@ -231,19 +231,20 @@ def prefetch(run: Run) -> None:
         run.prefetched[name] = asyncio.ensure_future(read_snapshot(host))
 
 
-def lock_early(run: Run) -> EarlyLocks | None:
-    """A modify names both its servers, and a modify that gets this far almost always
-    changes them: start taking their locks while the plan reads and computes, so the lock's
-    round trips are not added after it. A remove learns its partners from the configs: it
-    locks after the plan. So does a dry run, which looks up no journal first: its plan's
-    listing would need a second agent beside the lock's."""
-    if not isinstance(run.request, ModifyRequest) or run.request.dry_run:
+def locks_first(run: Run) -> EarlyLocks | None:
+    """A modify names both its servers, and almost every modify changes them: try their
+    locks at once, without waiting, beside the plan's first reads. The lock request brings
+    the journal directory's listing, which then answers the journal lookup and the plan's
+    look at other changes (no listing of their own, no second agent), and the lock's round
+    trip is not added after the plan. A remove learns its partners from the configs: it
+    locks after the plan."""
+    if not isinstance(run.request, ModifyRequest):
         return None
     try:
         hosts = [run.fleet.host(n) for n in anchors(run.request)]
     except UnknownServer:
         return None  # the plan says why, as it would have
-    return EarlyLocks(hosts, run.options.lock_timeout)
+    return EarlyLocks(hosts, 0.0)
 
 
 async def refuse_if_unfinished(
