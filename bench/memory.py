@@ -8,7 +8,7 @@ of ``--pairs`` sample pairs (bench/rig.py; real ``dhcpd -t``, a stand-in restart
 requests are cheap on purpose: modifies that change nothing (``MaxResponseDelay`` 60, what the
 sample configs hold), spread over the pairs. Each one is read, planned (both configs read over
 SFTP and parsed, the journal directory listed) and answered ``succeeded`` / ``changed: false``
-with nothing written (a modify's locks, taken while it plans, are released), so thousands
+with nothing written (a modify's locks, tried before it plans, are released), so thousands
 go through in a few minutes.
 
 1. **queued**: ``--queued`` requests are published *before* the worker starts; then the worker

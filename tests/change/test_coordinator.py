@@ -262,7 +262,7 @@ async def test_a_change_already_in_place_succeeds_without_write_or_restart(world
     assert result.outcome is Outcome.succeeded
     assert [s.changed for s in result.servers] == [False, False]
     assert [s.state for s in result.servers] == ["new", "new"]
-    # No write, no restart; a lock taken while the plan ran (a modify's are) is released.
+    # No write, no restart; the locks a modify tries before it plans are released.
     assert {op for _, op, *_ in world.timeline} <= {"lock", "unlock"}
     for name in (PRIMARY, SECONDARY):
         ops = [op for n, op, *_ in world.timeline if n == name]
@@ -448,8 +448,8 @@ async def test_validation_failure_on_one_server_fails_with_nothing_changed(
 async def test_a_plan_that_rejects_does_not_wait_for_the_locks_taken_beside_it(
     world: World,
 ) -> None:
-    """A modify's locks are taken while it plans; a plan that ends the request (here: no
-    such relationship) stops that wait and leaves no lock behind."""
+    """A modify tries its locks without waiting; with one busy it plans first, and a plan
+    that ends the request (here: no such relationship) waits for no lock and leaves none."""
     request = modify_request()
     params = request.params.model_copy(update={"name": "no-such-relationship"})
     request = request.model_copy(update={"params": params})

@@ -270,7 +270,7 @@ async def test_a_request_the_coordinator_rejects_gets_its_own_error_code_and_tou
     assert data.error.message
     assert_untouched(hosts, before)
     # Nothing new but the lock file, which the first request to reach a server creates (a
-    # modify's locks are taken while it plans) and which stays, as after any change.
+    # modify tries its locks before it plans) and which stays, as after any change.
     after = {name: config_dir_listing(h) for name, h in hosts.hosts.items()}
     for name, h in hosts.hosts.items():
         assert after[name] - {h.lock_path.name} == listings[name]

@@ -220,8 +220,8 @@ async def test_the_lock_brings_the_config_directory_listing_once_and_forgets_it_
 async def test_a_write_without_the_lock_after_it_was_asked_for_is_never_missed(
     pair: LocalHosts, fleet: SshFleet
 ) -> None:
-    """A modify's locks are taken while its plan runs beside them, and the plan may write
-    without a lock (it completes another change's bookkeeping): a listing the lock brought
+    """Another request's plan may write without a lock (it completes a third change's
+    bookkeeping) while a lock request is on its way, or after it: a listing the lock brought
     from before such a write is not served."""
     host = fleet.host(PRIMARY)
     directory = posixpath.dirname(host.config_path)

@@ -16,9 +16,9 @@
 =====================  ====================================================================
 
 Plan (:mod:`~worker.change.planning`) reads every server's live tree and computes the
-candidates (no writes, no lock relied on; the CPU work in a thread). A modify's locks are
-requested meanwhile (:class:`~worker.change.locks.EarlyLocks`: it names both servers), so
-their round trips overlap the plan. Prepare
+candidates (no writes, no lock needed; the CPU work in a thread). A modify first *tries* both
+its servers' locks, beside those reads (:func:`~worker.change.planning.locks_first`); where
+both are free, the lookup and the plan run under them too (:func:`_all_free`). Prepare
 (:mod:`~worker.change.prepare`) holds every involved server's lock (:mod:`~worker.change.locks`:
 no deadlock between changes sharing servers), checks the live bytes still match the plan,
 stages each candidate beside its live file and runs the server's ``validate_command`` on it,
@@ -27,9 +27,9 @@ server in order (:mod:`~worker.change.commit`): backup (a hard link), atomic ren
 the running dhcpd verified (:mod:`~worker.change.verify`); then the pair. Finish
 (:mod:`~worker.change.finish`) records the outcome in every journal (a *done record*), then
 announces it (the consumer publishes it meanwhile) and removes temp files, prunes old backups
-and done records (:mod:`~worker.change.resume`). Each journal directory is listed once before
-the locks and once under them; the second listing stays true while the locks are held (but for
-this change's own files).
+and done records (:mod:`~worker.change.resume`). Each journal directory is listed once under
+the locks (and, where a lock was busy at the first try, once before them too); the listing
+under them stays true while they are held (but for this change's own files).
 
 Requests sharing servers are applied one after the other: the plan does not wait for the
 locks, so a request delivered while another change of its servers commits may find, once it

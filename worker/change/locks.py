@@ -96,15 +96,15 @@ async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[
 
 
 class EarlyLocks(AbstractAsyncContextManager[None]):
-    """The change locks of servers a request names up front, taken in the background while
-    its plan reads and computes: their round trips (an agent's ``flock`` and the listing)
-    overlap the plan instead of following it. Nothing relies on them before
-    :meth:`held`: the plan's reads stay reads before the locks, checked again under them.
+    """The change locks of servers a request names up front, taken in a task of their own
+    (:func:`hold_locks` on them) while the caller goes on: their round trips (an agent's
+    ``flock`` and the listing) overlap the caller's reads. Nothing done before :meth:`held`
+    can rely on them.
 
-    ``async with`` it once the plan is done: it waits until every lock is held and makes
-    them the current task's (as :func:`hold_locks` does), and releases them on exit.
-    :meth:`close` releases (or stops taking) them when the plan ends the request instead;
-    it is idempotent, so callers close it in a ``finally`` whatever happened."""
+    :meth:`held` (or ``async with`` it) waits until every lock is held and makes them the
+    current task's, as :func:`hold_locks` does; leaving the ``async with`` releases them.
+    :meth:`close` releases (or stops taking) them however far it got; it is idempotent, so
+    callers close it in a ``finally`` whatever happened."""
 
     def __init__(self, hosts: Iterable[RemoteHost], wait: float) -> None:
         unique = {h.name: h for h in hosts}
