@@ -22,6 +22,11 @@ def test_include_paths_lists_every_include_in_order_as_written() -> None:
     assert include_paths(TEXT) == ["/etc/dhcp/a.conf", "pools.conf", '/etc/dhcp/with "quote".conf']
 
 
+def test_an_include_is_known_by_its_first_word_whatever_its_spacing_or_case() -> None:
+    text = 'include"glued.conf";\nInclude\t"tab.conf" ;\nincludes "no.conf";\ninclude-x "n.conf";\n'
+    assert include_paths(text) == ["glued.conf", "tab.conf"]
+
+
 def test_rewrite_includes_changes_only_the_mapped_paths() -> None:
     after = rewrite_includes(
         TEXT, {"pools.conf": "/tmp/stage/pools.conf", '/etc/dhcp/with "quote".conf': "/tmp/q.conf"}

@@ -165,7 +165,10 @@ def _holder_kind(scope: Scope) -> str:
 
 
 def include_target(doc: Document, node: Statement) -> str | None:
-    """The path of ``include "PATH";`` (escapes applied), or None for another statement."""
+    """The path of ``include "PATH";`` (escapes applied), or None for another statement.
+    Every statement of a tree is asked: its first word decides before it is tokenized."""
+    if doc.keyword(node) != "include":
+        return None
     tokens = doc.tokens(node)
     if (
         len(tokens) == 3
