@@ -445,7 +445,7 @@ async def test_validation_failure_on_one_server_fails_with_nothing_changed(
     assert_untouched(world)
 
 
-async def test_a_plan_that_rejects_does_not_wait_for_the_locks_taken_beside_it(
+async def test_a_modify_whose_lock_is_busy_plans_first_and_a_rejection_waits_for_no_lock(
     world: World,
 ) -> None:
     """A modify tries its locks without waiting; with one busy it plans first, and a plan

@@ -271,7 +271,8 @@ async def _all_free(early: EarlyLocks) -> bool:
     meets it at its usual step."""
     try:
         await early.held()
-    except Exception:
+    except Exception as exc:
+        log.debug("lock.first_try_failed", error=str(exc) or type(exc).__name__)
         await early.close()
         return False
     return True
