@@ -233,7 +233,7 @@ async def test_a_write_without_the_lock_after_it_was_asked_for_is_never_missed(
             await wrote.wait()
             return await host.listdir(directory)
 
-    task = asyncio.create_task(under_the_lock())  # a context of its own, as EarlyLocks has
+    task = asyncio.create_task(under_the_lock())  # another request's task
     await held.wait()
     await host.write(posixpath.join(directory, ".dfw-beside.tmp"), b"x")  # holds no lock
     wrote.set()

@@ -18,7 +18,7 @@
 Plan (:mod:`~worker.change.planning`) reads every server's live tree and computes the
 candidates (no writes, no lock needed; the CPU work in a thread). A modify first *tries* both
 its servers' locks, beside those reads (:func:`~worker.change.planning.locks_first`); where
-both are free, the lookup and the plan run under them too (:func:`_all_free`). Prepare
+both are free, the lookup and the plan run under them too (:func:`_locks_first`). Prepare
 (:mod:`~worker.change.prepare`) holds every involved server's lock (:mod:`~worker.change.locks`:
 no deadlock between changes sharing servers), checks the live bytes still match the plan,
 stages each candidate beside its live file and runs the server's ``validate_command`` on it,
@@ -93,6 +93,7 @@ re-raised afterwards, and the next delivery of the request reads the outcome fro
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -103,7 +104,7 @@ from worker.change.aio import run_to_end
 from worker.change.commit import as_worker_error
 from worker.change.faults import step
 from worker.change.finish import record_early
-from worker.change.locks import EarlyLocks, lost_locks, taking
+from worker.change.locks import hold_locks, lost_locks, taking
 from worker.change.model import ServerChange
 from worker.change.planning import (
     anchors,
@@ -245,47 +246,43 @@ def _known(run: Run, names: Iterable[str]) -> list[str]:
 
 async def _attempt(run: Run) -> ResultData:
     """One try at the request; a :class:`LockTimeout` propagates, the caller decides."""
-    early = locks_first(run)  # a modify: its locks, if free, before anything else
-    try:
-        if not run.request.dry_run:
-            prefetch(run)  # the plan's reads travel with the lock's (or the lookup's) listing
-        if early is not None and not await _all_free(early):
-            early = None  # busy: the usual order, the locks after the plan
-        if not run.request.dry_run:
-            previous = await resume.resume_previous(run, early)
-            if previous is not None:
-                return previous
-        return await _plan_and_change(run, early if early and not early.closed else None)
-    except (LockTimeout, LockLost):
-        raise
-    except Exception as exc:
-        return _plan_failed(run, exc)
-    finally:
-        if early is not None:
-            await early.close()  # the plan ended the request (nothing to change, an error)
+    async with contextlib.AsyncExitStack() as held:  # the locks taken first, if any
+        try:
+            if not run.request.dry_run:
+                prefetch(run)  # the plan's reads travel with the lock's (or lookup's) listing
+            await _locks_first(run, held)
+            if not run.request.dry_run:
+                previous = await resume.resume_previous(run)
+                if previous is not None:
+                    return previous
+            return await _plan_and_change(run)
+        except (LockTimeout, LockLost):
+            raise
+        except Exception as exc:
+            return _plan_failed(run, exc)
 
 
-async def _all_free(early: EarlyLocks) -> bool:
-    """Whether every lock was taken at the first try. If not (busy, or the server failed
-    to answer), none is kept, and the request goes the usual way, where the same trouble
-    meets it at its usual step."""
+async def _locks_first(run: Run, held: contextlib.AsyncExitStack) -> None:
+    """A modify's locks, tried at once without waiting (:func:`locks_first`), held until
+    ``held`` ends. If one is busy (or the server fails to answer) none is kept, and the
+    request goes the usual way, where the same trouble meets it at its usual step."""
+    hosts = locks_first(run)
+    if not hosts:
+        return
     try:
-        await early.held()
+        await held.enter_async_context(hold_locks(hosts, 0.0))
     except Exception as exc:
         log.debug("lock.first_try_failed", error=str(exc) or type(exc).__name__)
-        await early.close()
-        return False
-    return True
+        return
+    run.held = frozenset(h.name for h in hosts)
+    held.callback(setattr, run, "held", frozenset())  # before they are released
 
 
-async def _plan_and_change(run: Run, early: EarlyLocks | None) -> ResultData:
-    """``early``: this request's locks, held since before its journal lookup."""
+async def _plan_and_change(run: Run) -> ResultData:
     request = run.request
     try:
-        changes, warnings = await plan_when_others_end(run, early)
-        if early is not None and early.closed:  # waiting for other changes took them apart
-            early = None
-        if early is not None:
+        changes, warnings = await plan_when_others_end(run)
+        if run.held:
             run.locked.update(run.listings)  # listed under the locks: true while they are held
         elif not request.dry_run and not any(c.changed for c in changes):
             # Nothing to change: maybe a twin delivery of this request id applied it
@@ -303,10 +300,10 @@ async def _plan_and_change(run: Run, early: EarlyLocks | None) -> ResultData:
         return run.result(Outcome.succeeded, changes, None, warnings)
     await step("planned")  # test-only (worker/change/faults.py)
     try:
-        async with await taking([c.host for c in changes], run.options.lock_timeout, early):
+        async with taking([c.host for c in changes], run.options.lock_timeout, run.held):
             # A twin's outcome recorded while this run waited for the locks; none can be
             # where the lookup was made under them.
-            later = request.dry_run or early is not None
+            later = request.dry_run or bool(run.held)
             previous = None if later else await resume.replay(run, changes)
             if previous is not None:
                 return previous

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import Set as AbstractSet
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -95,96 +96,19 @@ async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[
     await release(None, None, None)
 
 
-class EarlyLocks(AbstractAsyncContextManager[None]):
-    """The change locks of servers a request names up front, taken in a task of their own
-    (:func:`hold_locks` on them) while the caller goes on: their round trips (an agent's
-    ``flock`` and the listing) overlap the caller's reads. Nothing done before :meth:`held`
-    can rely on them.
-
-    :meth:`held` (or ``async with`` it) waits until every lock is held and makes them the
-    current task's, as :func:`hold_locks` does; leaving the ``async with`` releases them.
-    :meth:`close` releases (or stops taking) them however far it got; it is idempotent, so
-    callers close it in a ``finally`` whatever happened."""
-
-    def __init__(self, hosts: Iterable[RemoteHost], wait: float) -> None:
-        unique = {h.name: h for h in hosts}
-        self.names = frozenset(unique)
-        self._context = contextvars.copy_context()
-        self._before = dict(self._context.items())
-        self._locks = hold_locks(unique.values(), wait)
-        self._taking = asyncio.create_task(self._locks.__aenter__(), context=self._context)
-        self._closed = False
-
-    @property
-    def closed(self) -> bool:
-        """Released (or never taken): nothing of it may be relied on any more."""
-        return self._closed
-
-    def covers(self, names: Iterable[str]) -> bool:
-        """Whether these are exactly the servers being locked (and still may be used)."""
-        return not self._closed and set(names) == self.names
-
-    def within(self, names: Iterable[str]) -> bool:
-        """Whether these servers are among the ones being locked (and still may be used)."""
-        return not self._closed and set(names) <= self.names
-
-    async def held(self) -> None:
-        """Wait until every lock is held; :class:`LockTimeout` or the transport's error as
-        :func:`hold_locks` would raise them (then nothing is held)."""
-        await self._taking
-        _adopt(self._context, self._before)
-
-    async def __aenter__(self) -> None:
-        await self.held()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close(exc_type, exc, tb)
-
-    async def close(
-        self,
-        exc_type: type[BaseException] | None = None,
-        exc: BaseException | None = None,
-        tb: TracebackType | None = None,
-    ) -> None:
-        """Release what was taken (a taking still under way is cancelled first)."""
-        if self._closed:
-            return
-        self._closed = True
-        if not self._taking.done():
-            self._taking.cancel()
-        await asyncio.wait([self._taking])
-        if self._taking.cancelled() or self._taking.exception() is not None:
-            return  # hold_locks released whatever it had taken
-        await self._locks.__aexit__(exc_type, exc, tb)
-
-
-async def taking(
-    hosts: Iterable[RemoteHost], wait: float, early: EarlyLocks | None
+def taking(
+    hosts: Iterable[RemoteHost], wait: float, held: AbstractSet[str]
 ) -> AbstractAsyncContextManager[None]:
-    """These servers' locks: ``early`` when it is taking exactly them, else :func:`hold_locks`
-    (``early`` closed first: a second lock of a server in one task would replace the first)."""
-    hosts = list(hosts)
-    if early is not None:
-        if early.covers(h.name for h in hosts):
-            return early
-        await early.close()
-    return hold_locks(hosts, wait)
+    """:func:`hold_locks` of those of ``hosts`` not in ``held``: the servers whose locks this
+    task holds already (a modify's, taken before its journal lookup). Taking one again would
+    wait for itself: a second agent's ``flock`` on the same file."""
+    return hold_locks([h for h in hosts if h.name not in held], wait)
 
 
-def _adopt(
-    context: contextvars.Context, since: Mapping[contextvars.ContextVar[Any], Any] | None = None
-) -> None:
-    """Make the context variables another task set in ``context`` (a lock records itself in
-    one: SshHost refuses work once it is lost) the current task's; with ``since`` (the
-    context's values when it was copied), only those that task changed."""
+def _adopt(context: contextvars.Context) -> None:
+    """Make the context variables the tries set (a lock records itself in one: SshHost
+    refuses work once it is lost) the current task's."""
     for var, value in context.items():
-        if since is not None and since.get(var, _UNSET) is value:
-            continue
         if var.get(_UNSET) is not value:
             var.set(value)
 

@@ -19,7 +19,7 @@ from pydantic import TypeAdapter, ValidationError
 
 from worker.change.finish import complete, ended_elsewhere
 from worker.change.journal import journal_dir, list_journal_dir, unfinished_changes
-from worker.change.locks import EarlyLocks, hold_locks
+from worker.change.locks import taking
 from worker.change.model import ServerChange, planned_change
 from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
 from worker.change.ports import RemoteHost
@@ -62,15 +62,14 @@ def anchors(request: ModifyRequest | RemoveRequest) -> list[str]:
     return [request.params.server]
 
 
-async def plan_when_others_end(run: Run, early: EarlyLocks | None = None) -> Planned:
+async def plan_when_others_end(run: Run) -> Planned:
     """Plan, even if another change's journal was seen before the locks: that change may be
     running still (its worker holds the lock while it finishes). The check under the locks
     decides, before anything is touched. Only if the plan fails or finds nothing to change
     on what may be a half-changed pair (it takes no lock then) does it wait for those
     servers' locks once and plan afresh; unfinished then means cut off, and the request
-    fails with ``unfinished_change``. Where ``early`` is taking those locks already, it waits
-    for them there (and keeps them): a second lock of the same server in one task would
-    replace the first."""
+    fails with ``unfinished_change``. (Where the run holds those locks already, there is
+    nothing to wait for: the plan afresh is the strict one.)"""
     try:
         changes, warnings = await plan(run)
         if not run.busy or any(c.changed for c in changes):
@@ -84,13 +83,9 @@ async def plan_when_others_end(run: Run, early: EarlyLocks | None = None) -> Pla
     run.listings.clear()
     run.busy.clear()
     run.strict = True
-    if early is not None and early.within(busy):
-        await early.held()
-    else:
-        if early is not None:
-            await early.close()
-        async with hold_locks([run.fleet.host(n) for n in busy], run.options.lock_timeout):
-            pass
+    hosts = [run.fleet.host(n) for n in busy]
+    async with taking(hosts, run.options.lock_timeout, run.held):
+        pass
     return await plan(run)
 
 
@@ -231,7 +226,7 @@ def prefetch(run: Run) -> None:
         run.prefetched[name] = asyncio.ensure_future(read_snapshot(host))
 
 
-def locks_first(run: Run) -> EarlyLocks | None:
+def locks_first(run: Run) -> list[RemoteHost]:
     """A modify names both its servers, and almost every modify changes them: try their
     locks at once, without waiting, beside the plan's first reads. The lock request brings
     the journal directory's listing, which then answers the journal lookup and the plan's
@@ -239,12 +234,11 @@ def locks_first(run: Run) -> EarlyLocks | None:
     trip is not added after the plan. A remove learns its partners from the configs: it
     locks after the plan."""
     if not isinstance(run.request, ModifyRequest):
-        return None
+        return []
     try:
-        hosts = [run.fleet.host(n) for n in anchors(run.request)]
+        return [run.fleet.host(n) for n in anchors(run.request)]
     except UnknownServer:
-        return None  # the plan says why, as it would have
-    return EarlyLocks(hosts, 0.0)
+        return []  # the plan says why, as it would have
 
 
 async def refuse_if_unfinished(

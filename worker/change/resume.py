@@ -15,7 +15,7 @@ from worker.change.commit import rollback_failed_error
 from worker.change.faults import step
 from worker.change.finish import clean_up, complete, record_outcome, servers_of
 from worker.change.journal import Journal, find_journal, remove_running_journal
-from worker.change.locks import EarlyLocks, refuse_without_locks, taking
+from worker.change.locks import refuse_without_locks, taking
 from worker.change.model import ServerChange, changed_only
 from worker.change.planning import anchors
 from worker.change.prepare import discard
@@ -46,10 +46,9 @@ async def commit_and_finish(
 # -- a request that ran before ---------------------------------------------------------------
 
 
-async def resume_previous(run: Run, early: EarlyLocks | None = None) -> ResultData | None:
+async def resume_previous(run: Run) -> ResultData | None:
     """The recorded outcome of this request id, or the end of a change an earlier run cut off
-    (policy: :mod:`worker.change.coordinator`); None when there is nothing to pick up.
-    ``early``: the locks this run holds already, used where they are the ones needed."""
+    (policy: :mod:`worker.change.coordinator`); None when there is nothing to pick up."""
     found = await recovery.find_previous(
         run.fleet, anchors(run.request), run.request_id, run.listings
     )
@@ -61,7 +60,7 @@ async def resume_previous(run: Run, early: EarlyLocks | None = None) -> ResultDa
         return outcome
     servers = next(iter(found.values())).servers
     hosts = [run.fleet.host(n) for n in servers]
-    async with await taking(hosts, run.options.lock_timeout, early):
+    async with taking(hosts, run.options.lock_timeout, run.held):
         return await _resume_locked(run, servers)
 
 

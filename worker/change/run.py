@@ -64,6 +64,9 @@ class Run:
     listings: dict[str, list[str]] = field(default_factory=dict)
     #: ...and under them: true until they are released, but for this change's own files.
     locked: dict[str, list[str]] = field(default_factory=dict)
+    #: Servers whose locks this attempt took before its journal lookup (a modify's, where
+    #: they were free): the lookup and the plan ran under them.
+    held: frozenset[str] = frozenset()
     #: Live trees being read ahead of the plan (server name -> read).
     prefetched: dict[str, asyncio.Future[Snapshot]] = field(default_factory=dict)
     #: Servers where another change was unfinished before the locks (maybe still running)...
@@ -81,6 +84,7 @@ class Run:
         self.drop_prefetched()
         self.listings.clear()
         self.locked.clear()
+        self.held = frozenset()
         self.busy.clear()
         self.strict = False
         self.planned, self.warnings = [], []

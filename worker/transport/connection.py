@@ -326,10 +326,10 @@ class ServerConnection:
             self._writes_ended += 1
 
     def _write_mark(self) -> int | None:
-        """Taken when a lock request (and its listing) is sent. A lock may be taken while
-        the same change plans beside it (:class:`~worker.change.locks.EarlyLocks`), and a
-        plan may write without a lock (it completes another change's bookkeeping); so may
-        a failed change's done record. Such a write under way when the request is sent (None
+        """Taken when a lock request (and its listing) is sent. Another request's plan may
+        write on this server without a lock meanwhile (it completes the bookkeeping of a
+        change that has ended); so may a failed request's done record. Such a write under
+        way when the request is sent (None
         here), or begun after it, may be missing from the listing, which is then not served.
         Writes under a lock need no mark: the holder's own forget the listing, and another
         holder's end before its lock, hence before the listing is taken."""
