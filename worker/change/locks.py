@@ -67,7 +67,9 @@ async def hold_locks(hosts: Iterable[RemoteHost], wait: float) -> AsyncIterator[
                 for task in pending:
                     task.cancel()
                 await asyncio.wait(pending)
-            _adopt(context)
+            for var, value in context.items():
+                if var.get(_UNSET) is not value:
+                    var.set(value)
             tries: list[BaseException | Callable[..., Awaitable[bool]] | None] = [
                 task.exception() or task.result() if task.done() and not task.cancelled() else None
                 for task in tasks
@@ -103,14 +105,6 @@ def taking(
     task holds already (a modify's, taken before its journal lookup). Taking one again would
     wait for itself: a second agent's ``flock`` on the same file."""
     return hold_locks([h for h in hosts if h.name not in held], wait)
-
-
-def _adopt(context: contextvars.Context) -> None:
-    """Make the context variables the tries set (a lock records itself in one: SshHost
-    refuses work once it is lost) the current task's."""
-    for var, value in context.items():
-        if var.get(_UNSET) is not value:
-            var.set(value)
 
 
 def lost_locks(hosts: Iterable[RemoteHost]) -> list[str]:

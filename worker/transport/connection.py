@@ -329,10 +329,9 @@ class ServerConnection:
         """Taken when a lock request (and its listing) is sent. Another request's plan may
         write on this server without a lock meanwhile (it completes the bookkeeping of a
         change that has ended); so may a failed request's done record. Such a write under
-        way when the request is sent (None
-        here), or begun after it, may be missing from the listing, which is then not served.
-        Writes under a lock need no mark: the holder's own forget the listing, and another
-        holder's end before its lock, hence before the listing is taken."""
+        way when the request is sent (then None), or begun after it, may be missing from
+        the listing, which is then not served. Writes under a lock need no mark: the
+        holder's own forget the listing, another holder's end before its lock is free."""
         begun = self._writes_begun
         return begun if begun == self._writes_ended else None
 
