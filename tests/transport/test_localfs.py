@@ -133,16 +133,15 @@ async def test_write_replaces_the_file_whole_so_a_link_keeps_the_old_bytes(conf:
     assert content(backup) == CONF and content(conf) == b"new\n"
 
 
-async def test_a_write_in_place_truncates_the_same_file_and_leaves_no_temp_file(
-    conf: Path,
-) -> None:
+async def test_a_write_in_place_makes_a_new_file_and_never_truncates_one(conf: Path) -> None:
     host = host_of(conf)
     staged = conf.parent / ".dhcpd.conf.req-1.new"
     await host.write(str(staged), b"a longer first version\n", like=str(conf), in_place=True)
-    inode = staged.stat().st_ino
+    old = conf.parent / "old-link"
+    os.link(staged, old)
     await host.write(str(staged), b"second\n", like=str(conf), in_place=True)
-    assert (staged.stat().st_ino, content(staged)) == (inode, b"second\n")
-    assert names(conf.parent) == [staged.name, "dhcpd.conf"]
+    assert (content(staged), content(old)) == (b"second\n", b"a longer first version\n")
+    assert names(conf.parent) == [staged.name, "dhcpd.conf", "old-link"]
 
 
 async def test_a_failed_write_changes_nothing_and_leaves_no_temp_file(conf: Path) -> None:

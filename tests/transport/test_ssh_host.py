@@ -333,19 +333,20 @@ async def test_write_leaves_no_temp_file_and_keeps_owner_and_mode(
     assert sorted(p.name for p in local.config_dir.iterdir()) == ["candidate.conf", "dhcpd.conf"]
 
 
-async def test_a_write_in_place_keeps_the_file_and_an_atomic_one_replaces_it(
+async def test_a_write_in_place_makes_a_new_file_and_never_truncates_one(
     pair: LocalHosts, fleet: SshFleet
 ) -> None:
-    """In place: one round trip less, the same file truncated (nothing may link to it);
-    atomic: a new file renamed over, so a hard link (a backup) keeps the old bytes."""
+    """In place: a new file written straight (one round trip less). One already there is
+    replaced the atomic way, never truncated, so a hard link to it (or a dead worker's
+    late write into it) changes nothing of the new file."""
     host = fleet.host(PRIMARY)
     staged = pair.hosts[PRIMARY].config_dir / ".dhcpd.conf.req-1.new"
     await host.write(staged.as_posix(), b"first\n", in_place=True)
-    inode = staged.stat().st_ino
+    old = staged.parent / "old-link"
+    os.link(staged, old)
     await host.write(staged.as_posix(), b"second\n", in_place=True)
-    assert (staged.stat().st_ino, staged.read_bytes()) == (inode, b"second\n")
-    await host.write(staged.as_posix(), b"third\n")
-    assert (staged.stat().st_ino != inode, staged.read_bytes()) == (True, b"third\n")
+    assert (staged.read_bytes(), old.read_bytes()) == (b"second\n", b"first\n")
+    assert sorted(p.name for p in staged.parent.iterdir() if p.name.endswith(".tmp")) == []
 
 
 async def test_reading_a_device_that_never_ends_stops_at_the_read_limit(fleet: SshFleet) -> None:

@@ -79,13 +79,13 @@ class RemoteHost(Protocol):
         ``path`` a new file: another name linked to the old one (:meth:`link`) keeps the old
         bytes. Writers use a path in the live file's own directory so a later rename is atomic.
 
-        ``in_place``: written straight into ``path`` (truncated if it exists), durable when
-        this returns, one round trip less; a crash meanwhile can leave it partial. Only for
-        a file of this change's own that nothing uses before the write has returned, and
-        whose bytes are checked before any later use: a staged candidate (validated next;
-        a resumed change takes it only if its sha256 matches the journal) or a validation
-        copy. Never linked elsewhere, so truncating it keeps no other name's bytes from
-        changing.
+        ``in_place``: a new ``path`` written straight (created exclusively: no rename, one
+        round trip less), durable when this returns; a crash meanwhile can leave it partial.
+        If ``path`` exists, the atomic way instead: never truncated in place, so a dead
+        worker's write still in flight cannot cut a newer file short. Only for a file of
+        this change's own that nothing uses before the write has returned, and whose bytes
+        are checked before any later use: a staged candidate (validated next; a resumed
+        change takes it only if its sha256 matches the journal) or a validation copy.
         """
         ...
 

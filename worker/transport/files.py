@@ -155,12 +155,12 @@ class SftpFiles(ServerConnection):
 
         The temp file is ``.<name>.<12 hex>.tmp`` beside ``path``; it is removed on any error,
         but a connection cut mid-write can leave one behind for a later cleanup to find.
-        ``in_place`` (see :meth:`RemoteHost.write`): ``path`` itself, truncated, no rename.
+        ``in_place`` (see :meth:`RemoteHost.write`): ``path`` itself, created, no rename; if it
+        exists (the open fails), the atomic way.
         """
         directory, base = posixpath.split(path)
-        tmp = (
-            path if in_place else posixpath.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
-        )
+        temp = posixpath.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
+        tmp = path if in_place else temp
 
         async def like_attrs(sftp: asyncssh.SFTPClient) -> tuple[int, tuple[int, int] | None]:
             mode, owner = 0o644, None
@@ -174,6 +174,7 @@ class SftpFiles(ServerConnection):
             return mode, owner
 
         async def op(sftp: asyncssh.SFTPClient) -> None:
+            nonlocal tmp
             # Three round trips: open (the stat of ``like`` beside it); then data, owner and
             # mode, fsync and close sent together (an SFTP server handles one handle's
             # requests in order); the rename only once all of them succeeded. In place: two.
@@ -182,12 +183,14 @@ class SftpFiles(ServerConnection):
             # in flight together, sent from tasks of its own: not in order with the close).
             big = len(data) > max(sftp.limits.max_write_len, 1)
             try:
-                f = await sftp.open(
-                    tmp,
-                    "wb" if in_place else "xb",
-                    asyncssh.SFTPAttrs(permissions=0o600),
-                    block_size=-1 if big else 0,
-                )
+                new = asyncssh.SFTPAttrs(permissions=0o600)
+                try:
+                    f = await sftp.open(tmp, "xb", new, block_size=-1 if big else 0)
+                except asyncssh.SFTPError:
+                    if tmp == temp:
+                        raise
+                    tmp = temp  # there already (SFTP v3 does not say why): the atomic way
+                    f = await sftp.open(tmp, "xb", new, block_size=-1 if big else 0)
                 try:
                     mode, owner = await attrs
                 except BaseException:
@@ -219,7 +222,7 @@ class SftpFiles(ServerConnection):
                     raise set_at_once
                 if not at_once or set_at_once is not None:  # not tried, or refused
                     await self._set_owner_and_mode(sftp, tmp, owner, mode, path, like)
-                if not in_place:
+                if tmp != path:
                     await sftp.posix_rename(tmp, path)
             except BaseException:
                 attrs.add_done_callback(retrieve)

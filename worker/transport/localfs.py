@@ -146,18 +146,26 @@ class LocalFileHost:
     ) -> None:
         """Atomic: a hidden temp file beside ``path`` (``.<name>.<12 hex>.tmp``, the name the
         worker's clean-up knows), mode and owner of ``like`` (default 0644), fsync, rename.
-        ``in_place`` (see :meth:`RemoteHost.write`): ``path`` itself, truncated, no rename."""
+        ``in_place`` (see :meth:`RemoteHost.write`): ``path`` itself, created, no rename; if it
+        exists, the atomic way."""
         directory, base = os.path.split(path)
-        tmp = path if in_place else os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
-        flags = os.O_TRUNC if in_place else os.O_EXCL
+        temp = os.path.join(directory, f".{base}.{uuid.uuid4().hex[:12]}.tmp")
 
         def op() -> None:
+            tmp = path if in_place else temp
             mode, owner = 0o644, None
             if like is not None:
                 with contextlib.suppress(FileNotFoundError):
                     st = os.stat(like)
                     mode, owner = stat.S_IMODE(st.st_mode), (st.st_uid, st.st_gid)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | flags | os.O_CLOEXEC, 0o600)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+            try:
+                fd = os.open(tmp, flags, 0o600)
+            except FileExistsError:
+                if tmp == temp:
+                    raise
+                tmp = temp
+                fd = os.open(tmp, flags, 0o600)
             try:
                 try:
                     view = memoryview(data)
@@ -177,7 +185,7 @@ class LocalFileHost:
                     os.fsync(fd)
                 finally:
                     os.close(fd)
-                if not in_place:
+                if tmp != path:
                     os.rename(tmp, path)
             except BaseException:
                 with contextlib.suppress(OSError):
