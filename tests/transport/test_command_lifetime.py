@@ -5,6 +5,9 @@ it runs past ``command_timeout`` while the lock stays held."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import sys
 import time
 import uuid
@@ -48,6 +51,26 @@ async def main() -> None:
         print("locked", flush=True)
         await host.restart()
         print("restart returned", flush=True)
+
+asyncio.run(main())
+"""
+
+
+SFTP_SERVER = "/sftp-server "
+"""In the SFTP server's command line (the agent's script names it too, never so)."""
+
+#: A worker in a process of its own: takes the lock, then, when told on stdin, writes a file.
+WRITER = """
+import asyncio, sys
+from worker.transport import SshFleet, SshOptions, load_inventory
+
+async def main() -> None:
+    host = SshFleet(load_inventory(sys.argv[1]), SshOptions(connect_timeout=5)).host(sys.argv[2])
+    async with host.lock(5):
+        print("locked", flush=True)
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        await host.write(sys.argv[3], b"late", in_place=True)
+        print("written", flush=True)
 
 asyncio.run(main())
 """
@@ -221,3 +244,47 @@ async def test_a_command_that_ignores_term_is_killed_after_the_grace(
             assert (await host.validate(host.config_path)).ok  # the agent and its lock stay
     assert 1 + KILL_GRACE <= took < 1 + KILL_GRACE + 3
     assert not processes(pair, "sleep 30") and not processes(pair, "sleep 31")
+
+
+async def test_a_write_of_a_killed_worker_lands_before_its_lock_is_free(
+    pair: LocalHosts, tmp_path: Path, agent_command: str
+) -> None:
+    """The connection's SFTP server may still be working through requests the worker sent
+    before it died; the agent lets go of the lock only once that server has ended. Here the
+    SFTP server is stopped, so the write (its exclusive open) is still to come."""
+    target = pair.hosts[PRIMARY].config_dir / "late-write"
+    others = set(processes(pair, SFTP_SERVER))
+    worker = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", WRITER, str(pair.inventory_path), PRIMARY, str(target),
+        cwd=REPO, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    stopped: list[int] = []
+    try:
+        await wait_until_locked(worker)
+        stopped = [p for p in processes(pair, SFTP_SERVER) if p not in others]
+        assert len(stopped) == 1, stopped  # the worker's
+        os.kill(stopped[0], signal.SIGSTOP)
+        async with fleet_for(pair) as fleet:
+            host = fleet.host(PRIMARY)
+            await host.read(host.config_path)  # connected before the kill
+            assert worker.stdin is not None
+            worker.stdin.write(b"go\n")
+            await worker.stdin.drain()
+            await asyncio.sleep(0.3)  # the write's first request is on its way
+            worker.kill()
+            await worker.wait()
+            with pytest.raises(LockTimeout):
+                async with host.lock(0.5):
+                    pytest.fail("the lock was free while the dead worker's write was pending")
+            assert not target.exists()
+            os.kill(stopped[0], signal.SIGCONT)
+            async with host.lock(15):
+                landed = target.exists()
+        assert landed, "the lock was free before the dead worker's write landed"
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if worker.returncode is None:
+            worker.kill()
+            await worker.wait()

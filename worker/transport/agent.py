@@ -50,6 +50,16 @@ when the worker or its connection dies, sshd closes the agent's stdin, a running
 killed as above, the shell exits, and only then does the kernel drop the lock -- so a dead
 worker's command never outlives its lock.
 
+Nor does a dead worker's write. Its SFTP server, a sibling of the agent under the same sshd
+session process, works through the requests it had already received before it sees EOF and
+ends, and nothing orders that against the agent's exit. So ``lock`` notes the session's SFTP
+servers (the children of ``$PPID`` named ``sftp-server``, or ``sshd`` for ``internal-sftp``,
+from Linux's ``/proc``; the worker starts its SFTP session before it asks for the lock), and
+an agent exiting with the lock held first waits until they have ended (``dfw_settle``, at
+most :data:`GONE_WAIT` seconds; zombies count as ended). Without ``/proc`` nothing is waited
+for. The price: an agent the worker drops while its connection lives (a request given up on
+under the lock) keeps the lock for :data:`GONE_WAIT` seconds, since that SFTP server stays.
+
 ``list`` prints the names in the body's directory, each followed by ``/`` (the one byte a name
 cannot hold), with shell builtins in one subshell (exit 3: missing, 4: not a readable
 directory).
@@ -105,6 +115,9 @@ _READY = b"\ndfw-agent-ready-v1\n"
 # or none; dfw_watch_t, in the jobs mode, is that watcher and the time limit at once: at the
 # limit it sends TERM to the command's group and, KILL_GRACE s later, KILL, and exits 124 or 137
 # as GNU timeout would (124 also when the agent stops it after the TERM).
+# dfw_siblings (at `lock`) notes the session's SFTP servers; dfw_settle waits for them to end
+# before the lock can go: at the agent's exit, and in dfw_end (the watcher holds fd 9 too).
+# Their pids are split on purpose (unquoted); the comm in /proc/PID/stat guards against reuse.
 _SCRIPT = r"""
 if [ "${1-}" = jobs ] && set -m 2>/dev/null; then dfw_t=jobs
 elif command -v timeout >/dev/null 2>&1; then dfw_t=timeout; else dfw_t=; fi
@@ -119,9 +132,33 @@ dfw_end() {
       kill -KILL -"$1" 2>/dev/null
       dfw_n=$((dfw_n + 1))
     done
+    dfw_settle
   else
+    dfw_settle
     kill -KILL 0
   fi
+}
+dfw_siblings() {
+  dfw_sib=
+  dfw_kids=
+  IFS= read -r dfw_kids 2>/dev/null <"/proc/$PPID/task/$PPID/children" || :
+  for dfw_k in $dfw_kids; do
+    IFS= read -r dfw_c 2>/dev/null <"/proc/$dfw_k/comm" || continue
+    case $dfw_c in sftp-server|sshd) dfw_sib="$dfw_sib $dfw_k" ;; esac
+  done
+}
+dfw_settle() {
+  dfw_m=0
+  while [ -n "$dfw_sib" ] && [ "$dfw_m" -lt @POLLS@ ]; do
+    dfw_busy=
+    for dfw_k in $dfw_sib; do
+      IFS= read -r dfw_s 2>/dev/null <"/proc/$dfw_k/stat" || continue
+      case $dfw_s in *"(sftp-server) "[!ZX]*|*"(sshd) "[!ZX]*) dfw_busy=1 ;; esac
+    done
+    [ -n "$dfw_busy" ] || return 0
+    sleep 0.05 2>/dev/null || { sleep 1; dfw_m=$((dfw_m + 19)); }
+    dfw_m=$((dfw_m + 1))
+  done
 }
 dfw_watch() {
   while IFS= read -r dfw_x; do :; done
@@ -174,7 +211,7 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
     dfw_body="$dfw_body$dfw_line
 "
   done
-  [ -n "$dfw_whole" ] || exit 0
+  [ -n "$dfw_whole" ] || { dfw_settle; exit 0; }
   case $dfw_op in
     run)
       if [ "$dfw_t" = jobs ]; then
@@ -211,7 +248,7 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
       if command exec 9>>"$dfw_body"; then
         flock -E 75 -w "$dfw_arg" 9
         dfw_st=$?
-        [ "$dfw_st" -eq 0 ] || exec 9>&-
+        if [ "$dfw_st" -eq 0 ]; then dfw_siblings; else exec 9>&-; fi
       else
         dfw_st=1
       fi
@@ -221,6 +258,7 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
       fi ;;
     unlock)
       exec 9>&-
+      dfw_sib=
       dfw_st=0 ;;
     list)
       dfw_list "${dfw_body%?}"
@@ -232,6 +270,7 @@ while IFS=' ' read -r dfw_op dfw_tok dfw_arg; do
   printf '\n%s %s\n' "$dfw_tok" "$dfw_st"
   printf '\n%s\n' "$dfw_tok" >&2
 done
+dfw_settle
 """
 
 AGENT_SCRIPT = _SCRIPT.replace("@GRACE@", f"{KILL_GRACE:g}").replace(

@@ -260,6 +260,7 @@ class AgentCommands(ServerConnection):
         path = self._server.effective_lock_path
         directory = posixpath.dirname(self._server.config_path)
         wait = max(wait_seconds, 0.0)
+        await self._sftp_client()  # up before the lock, so the agent knows whom to wait for
         mark = self._write_mark()
         try:
             agent, reply = await self._request(
