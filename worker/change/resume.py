@@ -67,11 +67,15 @@ async def resume_previous(run: Run) -> ResultData | None:
 async def replay(run: Run, changes: Sequence[ServerChange]) -> ResultData | None:
     """Under the locks: the outcome a twin delivery of this request id recorded while this
     run waited for them (it planned on the files the twin has since changed), or the end of
-    the twin's change if it was cut off meanwhile (its journal is there, its locks free)."""
+    the twin's change if it was cut off meanwhile (its journal is there, its locks free).
+
+    Every locked server is looked at, not only the anchors the lookup before the plan had: a
+    remove names one server, and a run cut off in prepare may have journaled only its
+    partner (the servers prepare at once). That journal is then found here, and its change
+    dropped (nothing went live before every journal was written), not left behind."""
     run.locked.clear()  # listings taken under the locks: they stay true while they are held
-    found = await recovery.find_previous(
-        run.fleet, anchors(run.request), run.request_id, run.locked
-    )
+    names = list(dict.fromkeys([*anchors(run.request), *(c.name for c in changes)]))
+    found = await recovery.find_previous(run.fleet, names, run.request_id, run.locked)
     if (outcome := recovery.finished(found)) is not None:
         log.info("change.replayed", outcome=outcome.outcome, after="lock wait")
         await _complete(run, found.values(), outcome)
