@@ -97,6 +97,28 @@ async def test_a_redelivered_remove_completes_the_partners_bookkeeping(world: Wo
     assert running == [] and len(done) == 1
 
 
+async def test_a_remove_cut_off_with_only_the_partners_journal_leaves_none_behind(
+    world: World,
+) -> None:
+    # The servers prepare at once, so a run can die with its journal written on the partner
+    # only. The redelivery's lookup before the plan looks on Server alone and finds nothing;
+    # the one under the locks must find the partner's journal and drop it (it used to stay).
+    world.primary.crash_at = lambda op: op[0] == "write" and "/.dhcp-failover-journal." in op[1]
+    with pytest.raises(SimulatedCrash):
+        await execute(remove_request(server=PRIMARY), "req-rm", world.fleet)
+    world.primary.crash_at = lambda op: False
+    await asyncio.sleep(0.01)  # the partner's prepare, still under way, ends
+    assert records_of(world, PRIMARY, "req-rm") == ([], [])
+    assert records_of(world, SECONDARY, "req-rm")[0]  # journaled there only
+
+    again = await execute(remove_request(server=PRIMARY), "req-rm", world.fleet)
+
+    assert again.outcome is Outcome.succeeded, again.error
+    for server in (PRIMARY, SECONDARY):
+        running, done = records_of(world, server, "req-rm")
+        assert running == [] and len(done) == 1, (server, running, done)
+
+
 async def test_pruning_never_turns_a_leftover_journal_into_an_unfinished_change(
     world: World,
 ) -> None:
