@@ -57,8 +57,9 @@ servers (the children of ``$PPID`` named ``sftp-server``, or ``sshd`` for ``inte
 from Linux's ``/proc``; the worker starts its SFTP session before it asks for the lock), and
 an agent exiting with the lock held first waits until they have ended (``dfw_settle``, at
 most :data:`GONE_WAIT` seconds; zombies count as ended). Without ``/proc`` nothing is waited
-for. The price: an agent the worker drops while its connection lives (a request given up on
-under the lock) keeps the lock for :data:`GONE_WAIT` seconds, since that SFTP server stays.
+for. A dead connection's sshd session process ends within milliseconds; while it stays
+(:data:`SESSION_LIVES`), the worker dropped only the agent (a request given up on under the
+lock), its SFTP server stays too, and the agent waits no longer.
 
 ``list`` prints the names in the body's directory, each followed by ``/`` (the one byte a name
 cannot hold), with shell builtins in one subshell (exit 3: missing, 4: not a readable
@@ -101,6 +102,11 @@ TIMEOUT_EXITS = frozenset({124, 137})
 
 GONE_WAIT = 2.0
 """Seconds at most the watcher waits for a killed command's process group to be gone."""
+
+SESSION_LIVES = 0.25
+"""Seconds an agent exiting with the lock held sees its sshd session process still there
+before it takes the connection for alive (the worker dropped the agent, not the connection)
+and stops waiting for the session's SFTP servers, which then stay."""
 
 _READY = b"\ndfw-agent-ready-v1\n"
 
@@ -149,6 +155,7 @@ dfw_siblings() {
 }
 dfw_settle() {
   dfw_m=0
+  dfw_up=0
   while [ -n "$dfw_sib" ] && [ "$dfw_m" -lt @POLLS@ ]; do
     dfw_busy=
     for dfw_k in $dfw_sib; do
@@ -156,6 +163,10 @@ dfw_settle() {
       case $dfw_s in *"(sftp-server) "[!ZX]*|*"(sshd) "[!ZX]*) dfw_busy=1 ;; esac
     done
     [ -n "$dfw_busy" ] || return 0
+    if IFS= read -r dfw_s 2>/dev/null <"/proc/$PPID/stat"; then
+      case $dfw_s in *") "[!ZX]*) dfw_up=$((dfw_up + 1)) ;; esac
+    fi
+    [ "$dfw_up" -lt @UP_POLLS@ ] || return 0
     sleep 0.05 2>/dev/null || { sleep 1; dfw_m=$((dfw_m + 19)); }
     dfw_m=$((dfw_m + 1))
   done
@@ -273,8 +284,10 @@ done
 dfw_settle
 """
 
-AGENT_SCRIPT = _SCRIPT.replace("@GRACE@", f"{KILL_GRACE:g}").replace(
-    "@POLLS@", str(int(GONE_WAIT / 0.05))
+AGENT_SCRIPT = (
+    _SCRIPT.replace("@GRACE@", f"{KILL_GRACE:g}")
+    .replace("@POLLS@", str(int(GONE_WAIT / 0.05)))
+    .replace("@UP_POLLS@", str(int(SESSION_LIVES / 0.05)))
 )
 """The agent (see the module docstring); the watcher is ``dfw_watch`` (``dfw_watch_t`` in the
 ``jobs`` mode), started per ``run``."""
