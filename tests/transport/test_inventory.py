@@ -187,6 +187,11 @@ def test_an_address_that_is_another_servers_host_is_rejected(inventory_dir: Path
     assert "192.0.2.10" in str(error)
 
 
+def test_another_servers_host_written_differently_is_still_its_host(inventory_dir: Path) -> None:
+    error = _error(inventory_dir, GOOD.replace('"10.1.1.11"', '" 192.0.2.10 "'))
+    assert "dhcp2.example.net" in str(error) and "'dhcp1.example.net''s host" in str(error)
+
+
 def test_an_inventory_without_servers_is_rejected(inventory_dir: Path) -> None:
     error = _error(inventory_dir, "servers = {}\n")
     assert error.field == "servers"
