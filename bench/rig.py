@@ -114,10 +114,8 @@ def pair_configs(count: int) -> tuple[dict[str, str], dict[str, tuple[str, ...]]
     addresses: dict[str, tuple[str, ...]] = {}
     for i in range(count):
         a, b = pair_names(i)
-        own_a, own_b = (
-            f"198.18.{i // 128}.{2 * (i % 128) + 1}",
-            f"198.18.{i // 128}.{2 * (i % 128) + 2}",
-        )
+        net, host = divmod(i, 127)  # .1 to .254 of each /24: never .0, .255 or past it
+        own_a, own_b = f"198.18.{net}.{2 * host + 1}", f"198.18.{net}.{2 * host + 2}"
         for name, text, own in ((a, primary, own_a), (b, secondary, own_b)):
             text = re.sub(r"\b192\.0\.2\.10\b", own_a, text)
             configs[name] = re.sub(r"\b192\.0\.2\.11\b", own_b, text)
