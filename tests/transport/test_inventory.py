@@ -8,6 +8,7 @@ import pytest
 
 from worker.change.running import PeerState, VerifyPolicy
 from worker.transport import InventoryError, SshFleet, load_inventory
+from worker.transport.preflight import file_problems
 
 GOOD = """
 [servers."dhcp1.example.net"]
@@ -293,3 +294,16 @@ def test_an_omapi_secret_file_without_base64_is_named_when_files_are_checked(
         load_inventory(_write(inventory_dir, GOOD + KEYED_OMAPI), check_files=True)
     assert caught.value.field == "omapi.key_secret_file"
     assert "does not hold a base64 secret" in str(caught.value)
+
+
+def test_files_shared_by_servers_are_reported_for_each_of_them(inventory_dir: Path) -> None:
+    """Each file is read once however many servers name it; its problem is still each one's."""
+    problems = file_problems(load_inventory(_write(inventory_dir, GOOD)))
+
+    assert [(server, field) for server, field, _ in problems] == [
+        ("dhcp1.example.net", "client_keys.0"),
+        ("dhcp1.example.net", "known_hosts"),
+        ("dhcp2.example.net", "client_keys.0"),
+        ("dhcp2.example.net", "known_hosts"),
+    ]
+    assert "lists no host key for [192.0.2.11]:2222" in problems[3][2]

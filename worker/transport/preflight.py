@@ -14,6 +14,7 @@ from pathlib import Path
 
 import asyncssh
 
+from worker.transport.connection import known_hosts
 from worker.transport.inventory import (
     Inventory,
     ServerEntry,
@@ -36,17 +37,23 @@ def check_inventory(path: Path | str) -> Inventory:
 def file_problems(inventory: Inventory) -> list[Problem]:
     """Every problem with the local files the inventory names: the missing ones
     (:meth:`Inventory.missing_files`), then, for those that exist, whether they can be read
-    and used."""
+    and used. Each file is read once, however many servers share it (a fleet's servers
+    usually share one key and one known_hosts: read per server, 1,000 servers took 8 s)."""
     problems = inventory.missing_files()
     missing = {(server, field) for server, field, _ in problems}
+    key_problems: dict[Path, str | None] = {}
     for name, entry in inventory.servers.items():
         for i, key in enumerate(entry.client_keys):
-            if (name, f"client_keys.{i}") not in missing and (why := _key_problem(key)):
+            if (name, f"client_keys.{i}") in missing:
+                continue
+            if key not in key_problems:
+                key_problems[key] = _key_problem(key)
+            if why := key_problems[key]:
                 problems.append((name, f"client_keys.{i}", why))
         if (name, "known_hosts") not in missing and (why := _known_hosts_problem(entry)):
             problems.append((name, "known_hosts", why))
-    order = list(inventory.servers)
-    return sorted(problems, key=lambda p: order.index(p[0]))
+    order = {name: i for i, name in enumerate(inventory.servers)}
+    return sorted(problems, key=lambda p: order[p[0]])
 
 
 def _readable_problem(path: Path) -> str | None:
@@ -78,7 +85,7 @@ def _known_hosts_problem(entry: ServerEntry) -> str | None:
     if (why := _readable_problem(path)) is not None:
         return why
     try:
-        known = asyncssh.read_known_hosts(str(path))
+        known = known_hosts(path)  # parsed once per version of the file, as connections do
     except (ValueError, asyncssh.KeyImportError) as exc:
         return f"not a known_hosts file ({exc}): {path}"
     host_keys, ca_keys, *_ = known.match(entry.host, "", entry.port)
