@@ -1,6 +1,6 @@
 """Benchmark: what the machine spends on a worker's new SSH connections (a cold rollout's extra).
 
-    python bench/connect.py [--pairs 100]
+    python bench/connect.py [--pairs 100] [--parts]
 
 The rollout rig's fleet (bench/rig.py: ``--pairs`` sample pairs, 200 servers on 13 sshds).
 One :class:`~worker.transport.SshFleet`, as a worker holds it, opens a connection to every
@@ -11,6 +11,10 @@ the whole machine (``/proc/stat``) beside the CPU ``/proc`` attributes to proces
 they are closed. The gap while they are open is CPU the sshds spent setting them up that no
 live process's counters show yet; it appears once the connections close. bench/rollout.py's
 *others* column in a cold run is mostly this: the workers' connections stay open.
+
+``--parts`` then opens the fleet three times more, each time a step further, and prints the
+machine's CPU per connection once they are closed: the SSH handshake alone, with the SFTP
+session, with the agent too (and this process's own share of each).
 """
 
 from __future__ import annotations
@@ -74,9 +78,34 @@ async def measure(hosts: LocalHosts) -> None:
     print(f"  machine CPU per connection: {machine / len(names) * 1000:.1f} ms")
 
 
+async def parts(hosts: LocalHosts) -> None:
+    """Machine CPU per connection for each part of a worker's connection setup."""
+    settings = bench_settings(DEFAULT_AMQP, inventory=hosts.inventory_path)
+    inventory = load_inventory(hosts.inventory_path)
+    names = sorted(inventory.servers)
+    print("machine CPU per connection, once closed (this process's share):")
+    for label, depth in (("handshake", 0), ("+ SFTP session", 1), ("+ agent", 2)):
+        busy, own = machine_busy_seconds(), time.process_time()
+        async with SshFleet(inventory, settings) as fleet:
+            hosts_ = [fleet.host(n) for n in names]
+            await asyncio.gather(*(h._connection() for h in hosts_))  # the bench looks inside
+            if depth >= 1:
+                await asyncio.gather(*(h.read(h.config_path) for h in hosts_))
+            if depth >= 2:
+                await asyncio.gather(*(h.listdir("/") for h in hosts_))
+        own = time.process_time() - own
+        await asyncio.sleep(1.0)
+        machine = machine_busy_seconds() - busy
+        print(
+            f"  {label:<16} {machine / len(names) * 1000:5.1f} ms"
+            f"  ({own / len(names) * 1000:4.1f} ms)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--pairs", type=int, default=100)
+    parser.add_argument("--parts", action="store_true", help="then each part's CPU alone")
     args = parser.parse_args(argv)
     logging.disable(logging.CRITICAL)  # the transport's debug lines, one per connection
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.CRITICAL))
@@ -85,6 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         hosts = start_fleet(Path(tmp), args.pairs)
         try:
             asyncio.run(measure(hosts))
+            if args.parts:
+                asyncio.run(parts(hosts))
         finally:
             hosts.stop()
     return 0
