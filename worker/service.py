@@ -58,7 +58,11 @@ async def serve(settings: Settings, stop: asyncio.Event) -> None:
             return await inflight.run(request_id, start)
 
         log.info(
-            "worker starting", servers=sorted(inventory.servers), inventory=str(settings.inventory)
+            # The count, not the names: a fleet's names make one line of tens of KB, which
+            # log shippers split; the inventory file has them.
+            "worker starting",
+            servers=len(inventory.servers),
+            inventory=str(settings.inventory),
         )
         try:
             await run_worker(settings, handler, stop, readiness)
