@@ -133,6 +133,25 @@ async def test_the_agent_keeps_time_with_bash_else_gnu_timeout_and_runs_bodies_a
     assert where.stdout != b"/\n"
 
 
+@pytest.mark.parametrize("mode", ["jobs", "timeout", ""])
+async def test_a_command_not_found_is_reported_without_the_agents_script_lines(
+    pair: LocalHosts, mode: str
+) -> None:
+    """The operator sees what is wrong with the command, not where bash was in the agent."""
+    local = pair.hosts[PRIMARY]
+    async with await _raw_connection(pair, local) as conn:
+        process = await conn.create_process(AGENT_MODES[mode], encoding=None)
+        agent = await Agent.start(conn, process, 5)
+        missing = await agent.run("dfw-no-such-command --flag", 10)
+        broken = await agent.run("echo (", 10)
+        agent.retire()
+    assert missing.status == 127
+    assert b"dfw-no-such-command" in missing.stderr and b"not found" in missing.stderr
+    assert broken.status != 0 and b"syntax error" in broken.stderr.lower()
+    for reply in (missing, broken):
+        assert b"dfw-agent" not in reply.stderr
+
+
 async def test_a_request_cut_short_is_never_run(pair: LocalHosts, tmp_path: Path) -> None:
     local = pair.hosts[PRIMARY]
     marker = tmp_path / "ran"

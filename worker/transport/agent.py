@@ -71,6 +71,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import re
 import shlex
 import time
 import uuid
@@ -109,6 +110,11 @@ before it takes the connection for alive (the worker dropped the agent, not the 
 and stops waiting for the session's SFTP servers, which then stay."""
 
 _READY = b"\ndfw-agent-ready-v1\n"
+
+_BASH_WHERE = re.compile(rb"^dfw-agent: (?:eval: )?line [0-9]+: ", re.MULTILINE)
+"""What bash puts before its own errors about a body it evaluates in the ``jobs`` mode (a
+command not found, a syntax error): the agent's name and a line of the agent's script, which
+mean nothing to the operator who wrote the command. Removed from the body's stderr."""
 
 # Runs under /bin/sh (dash, bash --posix, busybox ash...): POSIX only, every expansion quoted,
 # but for the `jobs` mode, which only bash reaches (job control and `read -t`).
@@ -440,6 +446,8 @@ class Agent:
         own = self.kills_on_timeout
         limit = time_limit + KILL_GRACE + REPLY_MARGIN if own else time_limit
         reply = await self.request("run", f"{max(time_limit, 0.001):.3f}", body, limit)
+        if self.mode == "jobs":
+            reply = dataclasses.replace(reply, stderr=_BASH_WHERE.sub(b"", reply.stderr))
         if own and reply.status in TIMEOUT_EXITS and reply.seconds >= time_limit:
             return dataclasses.replace(reply, timed_out=True)
         return reply
