@@ -132,7 +132,7 @@ def make_world(configs: dict[str, str | bytes], addresses: dict[str, tuple[str, 
         host.files[host.config_path] = data
         host.modes[host.config_path] = 0o640
         hosts[name] = host
-    return World(hosts, FakeFleet(dict(hosts)), timeline)  # type: ignore[arg-type]
+    return World(hosts, FakeFleet(dict(hosts)), timeline)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ from worker.change import recovery
 from worker.change.coordinator import ChangeOptions, execute
 from worker.change.journal import Journal
 from worker.demo import PRIMARY, SECONDARY
-from worker.messages import Outcome, Phase
+from worker.messages import ModifyRequest, Outcome, Phase, RemoveRequest
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -567,7 +567,7 @@ async def test_changes_on_one_pair_in_opposite_roles_at_once_all_finish(world: W
     # Locks tried at once, the ordered wait only when one is busy: never a deadlock, whoever
     # anchors the change on which server (commit orders differ), however many run at once.
     options = ChangeOptions(lock_timeout=5)
-    requests = [
+    requests: list[tuple[ModifyRequest | RemoveRequest, str]] = [
         (modify_request("req-a", Mclt=1800), "req-a"),
         (remove_request("req-b", server=SECONDARY), "req-b"),
         (remove_request("req-c", server=PRIMARY), "req-c"),

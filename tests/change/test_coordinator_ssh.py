@@ -243,7 +243,11 @@ async def test_config_changed_between_plan_and_commit_is_planned_again_not_overw
     env: Env,
 ) -> None:
     edited = SECONDARY_CONF.encode() + b"# edited by hand\n"
-    env.probe(SECONDARY).on_lock = lambda: env.secondary.config_path.write_bytes(edited)
+
+    def edit() -> None:
+        env.secondary.config_path.write_bytes(edited)
+
+    env.probe(SECONDARY).on_lock = edit
 
     result = await execute(modify_request(), "req-modify-1", env.fleet)
 

@@ -48,7 +48,7 @@ async def test_a_rejection_quoting_a_foreign_byte_still_encodes() -> None:
     assert result.outcome is Outcome.rejected
     assert result.error is not None and result.error.code == "peer_statement_unrecognised"
     error = encodes(result)["data"]["error"]  # type: ignore[index]
-    assert "unrecognised statement 'gr" in error["message"]  # type: ignore[index]
+    assert "unrecognised statement 'gr" in error["message"]
 
 
 async def test_a_dry_run_on_latin1_configs_reports_an_encodable_diff() -> None:

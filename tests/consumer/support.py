@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import aio_pika
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractIncomingMessage, AbstractQueue
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_structured_event
 

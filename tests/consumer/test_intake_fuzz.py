@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 from hypothesis import HealthCheck, event, given, settings
 from pamqp.header import ContentHeader

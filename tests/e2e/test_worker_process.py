@@ -32,6 +32,7 @@ from tests.e2e.support import (
     slow_restart,
     worker_env,
 )
+from tests.faults.cluster_support import WorkerProcess
 from tests.transport.support import processes
 from worker.consumer.client import publish_request
 from worker.demo import PRIMARY, RELATIONSHIP, SECONDARY
@@ -46,25 +47,6 @@ CLI = [sys.executable, "-m", "worker.cli"]
 #: How long the secondary's restart takes in the SIGTERM test: the change is in flight
 #: for at least this long after the signal.
 SLOW_RESTART_SECONDS = 2.0
-
-
-class WorkerProcess:
-    """``dhcp-failover-worker run`` as a subprocess, its output in a file."""
-
-    def __init__(self, process: subprocess.Popen[bytes], log: Path) -> None:
-        self.process = process
-        self.log = log
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    async def exit_status(self, within: float) -> int:
-        try:
-            return await asyncio.to_thread(self.process.wait, within)
-        except subprocess.TimeoutExpired:
-            raise AssertionError(
-                f"the worker did not exit within {within}s; its log:\n{self.output()[-4000:]}"
-            ) from None
 
 
 async def wait_until(condition: Callable[[], bool], what: str, within: float = 20.0) -> None:

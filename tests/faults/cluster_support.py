@@ -94,7 +94,8 @@ def start_pairs(
 
 @dataclass
 class WorkerProcess:
-    """``dhcp-failover-worker run`` as a real process; its main connection's name."""
+    """``dhcp-failover-worker run`` as a real process, its output in a file; its main
+    connection's name. The one such helper of the tests (tests/e2e and tests/faults)."""
 
     process: subprocess.Popen[bytes]
     log: Path
@@ -103,8 +104,19 @@ class WorkerProcess:
     def connection_name(self) -> str:
         return f"dhcp-failover-worker {socket.gethostname()}:{self.process.pid}"
 
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    async def exit_status(self, within: float) -> int:
+        try:
+            return await asyncio.to_thread(self.process.wait, within)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(
+                f"the worker did not exit within {within}s; its log:\n{self.output()[-4000:]}"
+            ) from None
+
     def events(self) -> list[dict[str, Any]]:
-        lines = self.log.read_text(errors="replace").splitlines()
+        lines = self.output().splitlines()
         return [json.loads(line) for line in lines if line.startswith("{")]
 
     def count(self, event: str) -> int:

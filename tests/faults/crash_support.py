@@ -23,7 +23,8 @@ from tests.change.helpers import PRIMARY_AFTER, SECONDARY_AFTER, sha
 from tests.consumer.proxy import TcpProxy
 from tests.consumer.support import CheckedEvent, EventTap
 from tests.e2e.support import REPO, change_ended, change_files, modify_body, remove_body, worker_env
-from tests.e2e.test_worker_process import CLI, WorkerProcess
+from tests.e2e.test_worker_process import CLI
+from tests.faults.cluster_support import WorkerProcess
 from worker.change.faults import ACTION_VARIABLE, AT_VARIABLE, DIR_VARIABLE
 from worker.demo import PRIMARY, RELATIONSHIP, SECONDARY, sample_configs
 from worker.demo.localhosts import LocalHosts, Restart

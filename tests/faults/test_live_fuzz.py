@@ -130,10 +130,9 @@ async def test_fuzzed_deliveries_each_end_in_their_one_outcome_on_a_live_worker(
     assert seen - want == Counter(), f"unexpected events: {list((seen - want).items())[:10]}"
     assert want - seen == Counter(), f"missing events: {list((want - seen).items())[:10]}"
     assert len(events) == len(cases)
-    assert set(dead_indices) == want_dead, (
-        sorted(set(dead_indices) ^ want_dead)[:10],
-        [cases[i].body[:200] for i in sorted(set(dead_indices) ^ want_dead)[:3]],
-    )
+    wrong = set(dead_indices) ^ want_dead  # None: a dead letter of no case of ours
+    known = sorted(i for i in wrong if i is not None)
+    assert not wrong, (known[:10], None in wrong, [cases[i].body[:200] for i in known[:3]])
     assert max(dead_indices.values(), default=1) == 1  # each dead-lettered once
     assert all(d.deaths == [("rejected", 1)] for d in dead), dead[:5]
     received = [e for e in worker.events() if e.get("event") == "request received"]

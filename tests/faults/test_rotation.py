@@ -50,6 +50,7 @@ async def test_the_first_node_that_answers_at_start_is_used(amqp_url: str) -> No
         [dead, amqp_url], startup_timeout=5, connection_name="rotation test"
     )
     async with connection:
+        assert isinstance(connection, aio_pika.RobustConnection)
         assert connection.url.port == urlsplit(amqp_url).port
         channel = await connection.channel()
         assert not channel.is_closed
@@ -85,6 +86,7 @@ async def test_a_node_gone_for_good_is_replaced_by_the_next_and_the_consumer_res
             await publisher.default_exchange.publish(aio_pika.Message(b"after"), queue_name)
             message = await asyncio.wait_for(received.get(), 20)
             assert message.body == b"after"
+            assert isinstance(connection, aio_pika.RobustConnection)
             assert connection.url.port == second.port
     finally:
         await first.close()

@@ -114,13 +114,14 @@ def peer_values(text: str, relationship: str) -> dict[str, str]:
 
 def assert_one_chain(server: str, start: str, end: str, results: list[ResultData]) -> None:
     """The changes of ``server`` link up, each once, from ``start`` to ``end`` (sha256)."""
-    steps = {}
+    steps: dict[str | None, str | None] = {}
     for result in results:
         for entry in result.servers:
             if entry.name == server and entry.changed:
                 assert entry.sha256Before not in steps, f"{server}: two changes planned on one file"
                 steps[entry.sha256Before] = entry.sha256After
-    seen, current = 0, start
+    seen = 0
+    current: str | None = start
     while current in steps:
         current, seen = steps[current], seen + 1
     assert (current, seen) == (end, len(steps)), f"{server}: the changes do not form one chain"
@@ -171,7 +172,7 @@ async def test_workers_on_one_queue_apply_overlapping_requests_in_a_serial_order
                 await asyncio.to_thread(proc.stop)
 
     results = [e.data for e in events]
-    assert sorted(r.requestId for r in results) == sorted(str(b["requestId"]) for b in bodies)
+    assert sorted(r.requestId or "" for r in results) == sorted(str(b["requestId"]) for b in bodies)
     failures = {r.requestId: r.error for r in results if r.outcome.value != "succeeded"}
     assert failures == {}
     assert statuses == [0] * workers

@@ -53,13 +53,15 @@ def test_status_reads_the_results_file(tmp_path: Path, monkeypatch: pytest.Monke
         for p in (A, B)
     ]
     file.append({"record": "start", "rollout": "r1", "plan": plan, "excluded": []})
-    file.append({"rollout": "r1", **PairResult(A, plan[0]["requestId"], "succeeded").record()})
+    file.append({"rollout": "r1", **PairResult(A, str(plan[0]["requestId"]), "succeeded").record()})
 
     status, out = invoke("status", "r1", "--json")
     assert status == 1  # nothing failed, one pair not done yet
     assert '"outcome": "pending"' in out and '"outcome": "succeeded"' in out
 
-    file.append({"rollout": "r1", **PairResult(B, plan[1]["requestId"], "rolled_back").record()})
+    file.append(
+        {"rollout": "r1", **PairResult(B, str(plan[1]["requestId"]), "rolled_back").record()}
+    )
     status, out = invoke("status", "r1")
     assert status == 4
     assert "rolled_back" in out and "1 succeeded" in out
