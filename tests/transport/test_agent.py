@@ -4,6 +4,7 @@ listings, cancellation. (How long a command lives: test_command_lifetime.py.)"""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import posixpath
 import signal
@@ -54,6 +55,18 @@ async def _raw_connection(hosts: LocalHosts, local: LocalHost) -> asyncssh.SSHCl
         config=None,
         agent_path=None,
     )
+
+
+@contextlib.asynccontextmanager
+async def _agent_in_mode(pair: LocalHosts, mode: str) -> AsyncIterator[Agent]:
+    """An agent on the primary, started as :data:`AGENT_MODES` says for ``mode``."""
+    async with await _raw_connection(pair, pair.hosts[PRIMARY]) as conn:
+        process = await conn.create_process(AGENT_MODES[mode], encoding=None)
+        agent = await Agent.start(conn, process, 5)
+        try:
+            yield agent
+        finally:
+            agent.retire()
 
 
 # -- framing -------------------------------------------------------------------------------------
@@ -119,14 +132,10 @@ async def test_the_agent_keeps_time_with_bash_else_gnu_timeout_and_runs_bodies_a
 ) -> None:
     """bash (in POSIX mode) where the server has it, else GNU timeout, else no server-side
     limit; a body sees no arguments and leaves nothing behind in any of them."""
-    local = pair.hosts[PRIMARY]
-    async with await _raw_connection(pair, local) as conn:
-        process = await conn.create_process(AGENT_MODES[mode], encoding=None)
-        agent = await Agent.start(conn, process, 5)
+    async with _agent_in_mode(pair, mode) as agent:
         reply = await agent.run('printf "%s|" "$#" "${x-unset}"; x=1; exit 3', 10)
         again = await agent.run('printf "%s" "${x-unset}"; cd /; false', 10)
         where = await agent.run("pwd", 10)
-        agent.retire()
     assert (agent.mode, agent.kills_on_timeout) == (mode, bool(mode))
     assert (reply.status, reply.stdout, reply.stderr) == (3, b"0|unset|", b"")
     assert (again.status, again.stdout) == (1, b"unset")
@@ -138,13 +147,9 @@ async def test_a_command_not_found_is_reported_without_the_agents_script_lines(
     pair: LocalHosts, mode: str
 ) -> None:
     """The operator sees what is wrong with the command, not where bash was in the agent."""
-    local = pair.hosts[PRIMARY]
-    async with await _raw_connection(pair, local) as conn:
-        process = await conn.create_process(AGENT_MODES[mode], encoding=None)
-        agent = await Agent.start(conn, process, 5)
+    async with _agent_in_mode(pair, mode) as agent:
         missing = await agent.run("dfw-no-such-command --flag", 10)
         broken = await agent.run("echo (", 10)
-        agent.retire()
     assert missing.status == 127
     assert b"dfw-no-such-command" in missing.stderr and b"not found" in missing.stderr
     assert broken.status != 0 and b"syntax error" in broken.stderr.lower()
