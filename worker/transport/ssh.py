@@ -61,7 +61,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import resource
 from typing import TYPE_CHECKING
+
+import structlog
 
 from worker.change.ports import Fleet, RemoteHost
 from worker.errors import UnknownServer
@@ -72,7 +75,12 @@ from worker.transport.files import SftpFiles
 from worker.transport.inventory import Inventory
 from worker.transport.omapi import OmapiReads
 
-__all__ = ["SshFleet", "SshHost", "SshOptions"]
+__all__ = ["SshFleet", "SshHost", "SshOptions", "make_room_for"]
+
+log = structlog.get_logger(__name__)
+
+#: File descriptors kept free beside one per server: the broker, logs, files, subprocesses.
+FD_MARGIN = 256
 
 
 class SshHost(SftpFiles, AgentCommands, OmapiReads):
@@ -115,6 +123,7 @@ class SshFleet:
         else:
             options = settings or SshOptions()
         inventory.check_files()
+        make_room_for(len(inventory.servers))
         self._inventory = inventory
         self._hosts = {name: SshHost(name, s, options) for name, s in inventory.servers.items()}
 
@@ -139,6 +148,30 @@ class SshFleet:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+
+def make_room_for(servers: int) -> None:
+    """Raise the soft limit on open files to what a connection to each of ``servers`` needs.
+
+    A fleet keeps one connection (one socket) per server it has talked to, until it closes;
+    under the common soft limit of 1024 (systemd's default) a fleet of a thousand servers
+    would find the last ones unreachable ("Too many open files"). The hard limit is as far as
+    a process may go by itself: short of it, an operator's warning says what to raise."""
+    want = servers + FD_MARGIN
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+    if new < want:
+        log.warning(
+            "open_files.limit_too_low",
+            servers=servers,
+            limit=new,
+            needed=want,
+            hint="raise the hard limit (ulimit -Hn, or LimitNOFILE= in the systemd unit)",
+        )
 
 
 if TYPE_CHECKING:
