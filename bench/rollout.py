@@ -35,13 +35,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.meters import broker_pid, cpu_meter, load_average
+from bench.meters import broker_pid, cpu_meter, load_average, rss_mb
 from bench.playbook import playbook, plays
 from bench.rig import (
     DEFAULT_AMQP,
@@ -69,6 +69,8 @@ class Run:
     cpu: dict[str, float]
     load: str
     phases: dict[str, float]
+    rss: list[tuple[float, float]] = field(default_factory=list)
+    """Each worker's (RSS, peak RSS) in MB after the run: a connection per server it changed."""
 
 
 def check_changed(hosts: LocalHosts, mrd: int, restarts: dict[str, int]) -> None:
@@ -177,6 +179,7 @@ async def measure(args: argparse.Namespace, hosts: LocalHosts, workdir: Path) ->
             print(f"rollout ({name}): max-response-delay {mrd} on {args.pairs} pairs", flush=True)
             run = await rollout(args, settings, hosts, workdir, mrd, pids)
             run.name = f"rollout, {name}"
+            run.rss = [rss_mb(w.process.pid) for w in workers]
             print(f"  {run.wall:.1f} s (load {run.load})", flush=True)
             runs.append(run)
     if args.ansible:
@@ -210,6 +213,9 @@ def report(runs: list[Run], args: argparse.Namespace, command: str) -> None:
         )
         for phase, at in r.phases.items():
             print(f"    {phase:24} at {at:5.1f} s")
+        if r.rss:
+            shown = ", ".join(f"{rss:.1f} (peak {peak:.1f})" for rss, peak in r.rss)
+            print(f"    workers' RSS after, MB: {shown}")
     print(
         "  client: the rollout CLI, or ansible-playbook and its forks; servers: the sshds and "
         "all they run; others: the rest of the machine (other jobs; Ansible's SSH masters); "
