@@ -8,6 +8,10 @@ either side, so one unreadable server does not hide its partner's relationships 
 run says what is wrong with it). Roles come from the peer blocks: ``primary;`` (or no role,
 which dhcpd reads as primary) makes the server the primary.
 
+With ``--server`` globs only the servers they match are read: every pair they select has a
+matching peer, whose config names it. If one of those cannot be read, the others are read
+too, since its pairs can then be seen only from their other side.
+
 Nothing here checks that a pair is sound (roles, mirrored addresses and ports): that is the
 worker's plan, which the preflight dry run runs on every pair.
 """
@@ -59,10 +63,11 @@ class Selection:
     def matches(self, pair: Pair) -> bool:
         if self.relationships and pair.relationship not in self.relationships:
             return False
-        if self.servers:
-            peers = (pair.primary, pair.secondary)
-            return any(fnmatch.fnmatchcase(s, g) for g in self.servers for s in peers)
-        return True
+        return not self.servers or self.names(pair.primary) or self.names(pair.secondary)
+
+    def names(self, server: str) -> bool:
+        """``server`` matches a ``--server`` glob (every server does when none is given)."""
+        return not self.servers or any(fnmatch.fnmatchcase(server, g) for g in self.servers)
 
 
 @dataclass(frozen=True)
@@ -94,8 +99,9 @@ class Discovery:
 
 
 async def discover(fleet: Fleet, servers: Iterable[str], selection: Selection) -> Discovery:
-    """Read every server of ``servers`` (inventory names) and find the selected pairs."""
-    names = sorted(servers)
+    """Read the servers of ``servers`` (inventory names) that can hold a selected pair, and
+    find the selected pairs."""
+    everyone = sorted(servers)
     gate = asyncio.Semaphore(PARALLEL_READS)
 
     async def read(name: str) -> ConfigSet | Unread:
@@ -106,7 +112,14 @@ async def discover(fleet: Fleet, servers: Iterable[str], selection: Selection) -
             except WorkerError as exc:
                 return Unread(name, exc.code, exc.message)
 
-    configs = await asyncio.gather(*(read(n) for n in names))
+    async def read_all(names: list[str]) -> dict[str, ConfigSet | Unread]:
+        return dict(zip(names, await asyncio.gather(*(read(n) for n in names)), strict=True))
+
+    read_in = await read_all([n for n in everyone if selection.names(n)])
+    if any(isinstance(c, Unread) for c in read_in.values()):
+        read_in |= await read_all([n for n in everyone if n not in read_in])
+    names = sorted(read_in)  # a pair seen from both sides is taken as its first server sees it
+    configs = [read_in[n] for n in names]
     found: dict[tuple[str, frozenset[str]], Pair] = {}
     skipped: list[Skipped] = []
     for name, config in zip(names, configs, strict=True):
