@@ -19,6 +19,8 @@ import click
 from worker.cli_common import deconfigure_action, modify_flags, settings_for
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from worker.rollout.display import Display
     from worker.rollout.engine import Report
     from worker.rollout.spec import Change
@@ -29,8 +31,17 @@ T = TypeVar("T")
 EXIT_NOT_CONFIRMED = 1
 #: ``rollout status``: nothing failed, but some pairs have no outcome yet.
 EXIT_INCOMPLETE = 1
-#: Width of the final table when stdout is not a terminal (two FQDNs and an error code fit).
+#: Width of the tables when their stream is not a terminal (two FQDNs and an error code fit).
 PIPE_WIDTH = 400
+
+
+def _console(*, stderr: bool) -> Console:
+    """Not a terminal (a pipe, a log): as wide as the rows need, never cut to 80 columns."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else PIPE_WIDTH
+    return Console(stderr=stderr, soft_wrap=True, width=width)
 
 
 @click.group()
@@ -218,8 +229,6 @@ def _rollout(
     yes: bool,
     as_json: bool,
 ) -> None:
-    from rich.console import Console
-
     from worker.failures import OperatorError
     from worker.logging import configure_logging
     from worker.rollout.discovery import Selection
@@ -252,7 +261,7 @@ def _rollout(
         comment=comment,
     )
     loaded = load_inventory(inventory or settings.inventory)
-    err = Console(stderr=True, soft_wrap=True)
+    err = _console(stderr=True)
     display = Display(err)
     if not rollout_id:
         display.note(f"rollout id {rid} (rerun with --rollout-id {rid} to resume)")
@@ -329,15 +338,11 @@ def _finish(report: Report, as_json: bool) -> None:
 
 
 def _output(report: Report, as_json: bool) -> None:
-    from rich.console import Console
-
     from worker.rollout.display import print_counts, print_table
 
     if as_json:
         for row in report.rows:
             click.echo(json.dumps(row.to_json()))
-        print_counts(Console(stderr=True, soft_wrap=True), report)
+        print_counts(_console(stderr=True), report)
         return
-    # Not a terminal (a pipe, a log): as wide as the rows need, never cut to 80 columns.
-    width = None if sys.stdout.isatty() else PIPE_WIDTH
-    print_table(Console(soft_wrap=True, width=width), report, Console(stderr=True, soft_wrap=True))
+    print_table(_console(stderr=False), report, _console(stderr=True))
