@@ -134,8 +134,8 @@ async def test_preflight_confirmation_json_and_status(rig: RigFactory) -> None:
     dry = await command.run("--dry-run")
     assert dry.status == 2, dry.err
     assert "11 pair(s) would apply, 66 line(s) changed; 1 refused" in dry.err
-    row = next(line for line in dry.err.splitlines() if "port_mismatch │" in line)
-    assert "does not match the secondary's 'peer port 648'" in row  # a pipe: no 80 columns
+    shown = next(line for line in dry.err.splitlines() if "port_mismatch │" in line)
+    assert "does not match the secondary's 'peer port 648'" in shown  # a pipe: no 80 columns
     assert untouched(made)
 
     # No terminal to ask on and no --yes: stop after the preflight, nothing changed.
