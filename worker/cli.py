@@ -16,7 +16,13 @@ from typing import Any
 
 import click
 
-from worker.cli_common import AMQP_URL_KEY, deconfigure_action, modify_flags, settings_for
+from worker.cli_common import (
+    AMQP_URL_KEY,
+    console,
+    deconfigure_action,
+    modify_flags,
+    settings_for,
+)
 from worker.failures import EXIT_UNAVAILABLE, OperatorError, debug_requested, explain
 from worker.messages import MODIFY_COMMAND, REMOVE_COMMAND, Outcome
 from worker.rollout.cli import rollout
@@ -138,7 +144,6 @@ def check(ctx: click.Context, inventory: Path, connect: bool) -> None:
     if not connect:
         click.echo(f"inventory {checked.source}: {len(checked.servers)} server(s), files ok")
         return
-    from rich.console import Console
     from rich.table import Table
 
     from worker.check import check_servers
@@ -150,7 +155,7 @@ def check(ctx: click.Context, inventory: Path, connect: bool) -> None:
     table = Table("server", "reachable", "host key", "validate", "omapi")
     for row in rows:
         table.add_row(row.server, row.reachable, row.host_key, row.validate, row.omapi)
-    Console(soft_wrap=True).print(table)
+    console(stderr=False).print(table)
     problems = [p for row in rows for p in row.problems]
     for problem in problems:
         click.echo(f"problem: {problem}", err=True)

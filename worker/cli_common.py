@@ -1,4 +1,4 @@
-"""What the ``publish`` and ``rollout`` commands share: the settings, and the modify flags.
+"""What the commands share: the settings, the modify flags, and consoles for tables.
 
 Its own module because :mod:`worker.rollout.cli` is registered by :mod:`worker.cli`, so neither
 may import the other at load time.
@@ -6,15 +6,21 @@ may import the other at load time.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 if TYPE_CHECKING:
+    from rich.console import Console
+
     from worker.settings import Settings
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: Width of the tables when their stream is not a terminal (two FQDNs and an error code fit).
+PIPE_WIDTH = 400
 
 #: ``ctx.meta`` key of the broker URL a command uses: what a connection error is about.
 AMQP_URL_KEY = "dhcp_failover.amqp_url"
@@ -55,3 +61,13 @@ def settings_for(ctx: click.Context) -> Settings:
     settings = Settings()
     ctx.meta[AMQP_URL_KEY] = settings.amqp_url
     return settings
+
+
+def console(*, stderr: bool) -> Console:
+    """A rich console on stdout or stderr. Not a terminal (a pipe, a log): as wide as the rows
+    need, never cut to 80 columns (a table's long cells one word per line)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    width = None if stream.isatty() else PIPE_WIDTH
+    return Console(stderr=stderr, soft_wrap=True, width=width)

@@ -16,11 +16,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from worker.cli_common import deconfigure_action, modify_flags, settings_for
+from worker.cli_common import console, deconfigure_action, modify_flags, settings_for
 
 if TYPE_CHECKING:
-    from rich.console import Console
-
     from worker.rollout.display import Display
     from worker.rollout.engine import Report
     from worker.rollout.spec import Change
@@ -31,17 +29,6 @@ T = TypeVar("T")
 EXIT_NOT_CONFIRMED = 1
 #: ``rollout status``: nothing failed, but some pairs have no outcome yet.
 EXIT_INCOMPLETE = 1
-#: Width of the tables when their stream is not a terminal (two FQDNs and an error code fit).
-PIPE_WIDTH = 400
-
-
-def _console(*, stderr: bool) -> Console:
-    """Not a terminal (a pipe, a log): as wide as the rows need, never cut to 80 columns."""
-    from rich.console import Console
-
-    stream = sys.stderr if stderr else sys.stdout
-    width = None if stream.isatty() else PIPE_WIDTH
-    return Console(stderr=stderr, soft_wrap=True, width=width)
 
 
 @click.group()
@@ -261,7 +248,7 @@ def _rollout(
         comment=comment,
     )
     loaded = load_inventory(inventory or settings.inventory)
-    err = _console(stderr=True)
+    err = console(stderr=True)
     display = Display(err)
     if not rollout_id:
         display.note(f"rollout id {rid} (rerun with --rollout-id {rid} to resume)")
@@ -343,6 +330,6 @@ def _output(report: Report, as_json: bool) -> None:
     if as_json:
         for row in report.rows:
             click.echo(json.dumps(row.to_json()))
-        print_counts(_console(stderr=True), report)
+        print_counts(console(stderr=True), report)
         return
-    print_table(_console(stderr=False), report, _console(stderr=True))
+    print_table(console(stderr=False), report, console(stderr=True))
