@@ -29,7 +29,7 @@ from tests.change.helpers import (
     sha,
     without_durations,
 )
-from worker.change import recovery
+from worker.change import planning, recovery
 from worker.change.coordinator import ChangeOptions, execute
 from worker.change.journal import Journal
 from worker.demo import PRIMARY, SECONDARY
@@ -1269,3 +1269,46 @@ async def test_a_change_parses_each_live_file_and_each_candidate_once(
 
     assert result.outcome is Outcome.succeeded
     assert sorted(parsed) == sorted([PRIMARY_CONF, SECONDARY_CONF, PRIMARY_AFTER, SECONDARY_AFTER])
+
+
+async def test_a_modify_is_planned_while_its_locks_are_being_taken(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plan's CPU (parse, edit, diff) runs as soon as the reads ahead are in, beside the
+    lock requests: here the primary's lock answers only once a plan has been computed."""
+    computed: list[str] = []
+    planned = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    compute = planning._modify_changes
+
+    def counted(*args: Any) -> Any:  # in the worker thread
+        result = compute(*args)
+        computed.append("plan")
+        loop.call_soon_threadsafe(planned.set)
+        return result
+
+    monkeypatch.setattr(planning, "_modify_changes", counted)
+    waited_in_vain: list[bool] = []
+    take = world.primary.lock
+
+    class AfterThePlan:
+        def __init__(self, timeout: float) -> None:
+            self.inner = take(timeout)
+
+        async def __aenter__(self) -> None:
+            try:
+                async with asyncio.timeout(5):
+                    await planned.wait()
+            except TimeoutError:
+                waited_in_vain.append(True)
+            await self.inner.__aenter__()
+
+        async def __aexit__(self, *exc: object) -> None:
+            await self.inner.__aexit__(*exc)
+
+    monkeypatch.setattr(world.primary, "lock", AfterThePlan)
+
+    result = await execute(modify_request(), "req-ahead", world.fleet)
+
+    assert result.outcome is Outcome.succeeded
+    assert (computed, waited_in_vain) == (["plan"], [])  # computed once, ahead, and used

@@ -17,13 +17,14 @@ from collections.abc import Sequence
 import structlog
 from pydantic import TypeAdapter, ValidationError
 
+from worker.change.aio import retrieve
 from worker.change.finish import complete, ended_elsewhere
 from worker.change.journal import journal_dir, list_journal_dir, unfinished_changes
 from worker.change.locks import taking
 from worker.change.model import ServerChange, planned_change
 from worker.change.plan import ServerPlan, plan_modify, plan_remove, remove_partners
 from worker.change.ports import RemoteHost
-from worker.change.run import Run
+from worker.change.run import Preplan, Run
 from worker.change.snapshot import Snapshot, read_snapshot
 from worker.dhcpconf import ConfigSet
 from worker.errors import Failed, PairMismatch, Rejected, UnknownServer, WorkerError
@@ -96,8 +97,7 @@ async def plan(run: Run) -> Planned:
     if isinstance(request, ModifyRequest):
         p = request.params
         hosts = {n: run.fleet.host(n) for n in (p.primary_server, p.secondary_server)}
-        snaps = await snapshots(hosts, run)
-        changes, warnings = await asyncio.to_thread(_modify_changes, run, hosts, snaps)
+        changes, warnings = await _modify_plan(run, hosts)
     else:
         changes, warnings = await _plan_remove(request.params, run)
     run.planned, run.warnings = changes, warnings
@@ -107,6 +107,35 @@ async def plan(run: Run) -> Planned:
         changed=[c.name for c in changes if c.changed],
     )
     return changes, warnings
+
+
+async def _modify_plan(run: Run, hosts: dict[str, RemoteHost]) -> Planned:
+    """A modify's candidates: the plan computed ahead from the reads ahead (:func:`prefetch`)
+    when this plan reads the same trees (it takes those reads), else computed now."""
+    ahead, run.preplanned = run.preplanned, None
+    try:
+        snaps = await snapshots(hosts, run)
+        if ahead is not None:
+            read, changes, warnings = await ahead
+            if all(read.get(n) is snap for n, snap in snaps.items()):
+                return changes, warnings
+        return await asyncio.to_thread(_modify_changes, run, hosts, snaps)
+    finally:
+        if ahead is not None and not ahead.done():
+            ahead.cancel()
+        if ahead is not None:
+            ahead.add_done_callback(retrieve)
+
+
+async def _preplan(
+    run: Run, hosts: dict[str, RemoteHost], reads: dict[str, asyncio.Future[Snapshot]]
+) -> Preplan:
+    """The plan of a modify from its reads ahead, in a worker thread as soon as they are in:
+    the CPU of parsing and editing overlaps the round trips of the locks."""
+    await asyncio.wait(reads.values())  # not gather: a cancel here must not cancel the reads
+    snaps = {name: reading.result() for name, reading in reads.items()}
+    changes, warnings = await asyncio.to_thread(_modify_changes, run, hosts, snaps)
+    return snaps, changes, warnings
 
 
 def _modify_changes(run: Run, hosts: dict[str, RemoteHost], snaps: dict[str, Snapshot]) -> Planned:
@@ -218,12 +247,15 @@ def prefetch(run: Run) -> None:
     read-only, so harmless when the lookup ends the request instead (they are dropped then).
     Whether another change is unfinished there is still checked before the plan uses them,
     and under the locks the live bytes are compared with them again."""
+    hosts = {}
     for name in anchors(run.request):
         try:
-            host = run.fleet.host(name)
+            hosts[name] = host = run.fleet.host(name)
         except Exception:
             return  # the plan says why, as it would have
         run.prefetched[name] = asyncio.ensure_future(read_snapshot(host))
+    if isinstance(run.request, ModifyRequest):
+        run.preplanned = asyncio.ensure_future(_preplan(run, hosts, dict(run.prefetched)))
 
 
 def locks_first(run: Run) -> list[RemoteHost]:

@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -41,6 +42,8 @@ class ChangeOptions:
     max_diff_bytes: int = 64 * 1024
 
 
+Preplan = tuple[dict[str, Snapshot], list[ServerChange], list[WarningInfo]]
+
 Announce = Callable[[ResultData], None]
 """Told a change's outcome once it is final and recorded in the servers' journals, before the
 clean-up that ends :func:`~worker.change.coordinator.execute` (a few round trips per server):
@@ -67,8 +70,11 @@ class Run:
     #: Servers whose locks this attempt took before its journal lookup (a modify's, where
     #: they were free): the lookup and the plan ran under them.
     held: frozenset[str] = frozenset()
-    #: Live trees being read ahead of the plan (server name -> read).
+    #: Live trees being read ahead of the plan (server name -> read)...
     prefetched: dict[str, asyncio.Future[Snapshot]] = field(default_factory=dict)
+    #: ...and a modify's plan computed from them as soon as they are in, while its locks
+    #: are being taken: the trees it read, its changes and warnings.
+    preplanned: asyncio.Future[Preplan] | None = None
     #: Servers where another change was unfinished before the locks (maybe still running)...
     busy: set[str] = field(default_factory=set)
     #: ...and whether that now fails the plan (after waiting for their locks once).
@@ -121,11 +127,15 @@ class Run:
         return result
 
     def drop_prefetched(self) -> None:
-        """Cancel the reads ahead the plan never used."""
-        for reading in self.prefetched.values():
-            reading.cancel()
-            reading.add_done_callback(retrieve)
+        """Cancel the reads ahead the plan never used, and the plan computed from them."""
+        pending: list[asyncio.Future[Any]] = list(self.prefetched.values())
+        if self.preplanned is not None:
+            pending.append(self.preplanned)
+        for future in pending:
+            future.cancel()
+            future.add_done_callback(retrieve)
         self.prefetched.clear()
+        self.preplanned = None
 
     def elapsed_ms(self) -> int:
         return round((time.monotonic() - self.started) * 1000)
