@@ -55,5 +55,6 @@ async def test_pairs_are_the_relationships_with_both_peers_in_the_inventory(
     assert both.pairs == [pair(1, "alpha"), pair(3, "gamma")]  # filters combine
     # A glob reads only the servers it matches, unless one of them cannot be read: then the
     # gamma pair can be seen only from its other side, and everything is read.
-    assert (by_glob.servers_read, by_glob.skipped) == (1, [])
-    assert both.servers_read == everything.servers_read
+    assert (by_glob.servers_read, by_glob.skipped, by_glob.widened) == (1, [], False)
+    assert (both.servers_read, both.widened) == (everything.servers_read, True)
+    assert not everything.widened  # nothing left to read

@@ -96,6 +96,8 @@ class Discovery:
     servers_read: int
     unread: list[Unread] = field(default_factory=list)
     skipped: list[Skipped] = field(default_factory=list)
+    #: Servers the ``--server`` globs do not match were read too: one they match could not be.
+    widened: bool = False
 
 
 async def discover(fleet: Fleet, servers: Iterable[str], selection: Selection) -> Discovery:
@@ -116,8 +118,10 @@ async def discover(fleet: Fleet, servers: Iterable[str], selection: Selection) -
         return dict(zip(names, await asyncio.gather(*(read(n) for n in names)), strict=True))
 
     read_in = await read_all([n for n in everyone if selection.names(n)])
-    if any(isinstance(c, Unread) for c in read_in.values()):
-        read_in |= await read_all([n for n in everyone if n not in read_in])
+    others = [n for n in everyone if n not in read_in]
+    widened = bool(others) and any(isinstance(c, Unread) for c in read_in.values())
+    if widened:
+        read_in |= await read_all(others)
     names = sorted(read_in)  # a pair seen from both sides is taken as its first server sees it
     configs = [read_in[n] for n in names]
     found: dict[tuple[str, frozenset[str]], Pair] = {}
@@ -133,6 +137,7 @@ async def discover(fleet: Fleet, servers: Iterable[str], selection: Selection) -
         servers_read=sum(not isinstance(c, Unread) for c in configs),
         unread=[c for c in configs if isinstance(c, Unread)],
         skipped=sorted(skipped, key=lambda s: (s.server, s.relationship)),
+        widened=widened,
     )
 
 

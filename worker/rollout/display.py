@@ -136,6 +136,12 @@ def print_summary(console: Console, prepared: Prepared) -> None:
         highlight=False,
     )
     say(f"  configs read: {found.servers_read} server(s)", highlight=False)
+    if found.widened:
+        say(
+            "  a server --server matches could not be read: every other server was read too, "
+            "to find its pairs from their other side",
+            highlight=False,
+        )
     for unread in found.unread:
         say(f"  [red]not read[/]: {escape(f'{unread.server}: {unread.code}: {unread.message}')}")
     if found.skipped:
