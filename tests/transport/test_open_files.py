@@ -40,7 +40,7 @@ def test_a_fleet_raises_the_soft_limit_to_a_socket_per_server(
     assert (soft, hard) == (min(2 + FD_MARGIN, low_soft_limit), low_soft_limit)
 
 
-def test_a_hard_limit_too_low_for_the_fleet_is_raised_to_and_warned_about() -> None:
+def test_a_hard_limit_too_low_for_the_fleet_is_raised_to_and_logged_as_an_error() -> None:
     """In a process of its own: the hard limit, once lowered, stays lowered."""
 
     def limits() -> None:
@@ -50,7 +50,7 @@ def test_a_hard_limit_too_low_for_the_fleet_is_raised_to_and_warned_about() -> N
         "import resource\n"
         "from worker.logging import configure_logging\n"
         "from worker.transport.ssh import make_room_for\n"
-        "configure_logging(log_format='json', level='info')\n"
+        "configure_logging(log_format='json', level='error')\n"
         "make_room_for(1000)\n"
         "print(resource.getrlimit(resource.RLIMIT_NOFILE))\n"
     )

@@ -156,7 +156,7 @@ def make_room_for(servers: int) -> None:
     A fleet keeps one connection (one socket) per server it has talked to, until it closes;
     under the common soft limit of 1024 (systemd's default) a fleet of a thousand servers
     would find the last ones unreachable ("Too many open files"). The hard limit is as far as
-    a process may go by itself: short of it, an operator's warning says what to raise."""
+    a process may go by itself: short of it, an error in the log says what to raise."""
     want = servers + FD_MARGIN
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == resource.RLIM_INFINITY or soft >= want:
@@ -164,8 +164,8 @@ def make_room_for(servers: int) -> None:
     new = want if hard == resource.RLIM_INFINITY else min(want, hard)
     if new > soft:
         resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
-    if new < want:
-        log.warning(
+    if new < want:  # an error: the rollout command, which logs errors only, shows it too
+        log.error(
             "open_files.limit_too_low",
             servers=servers,
             limit=new,
