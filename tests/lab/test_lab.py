@@ -4,6 +4,7 @@ nothing behind -- the ground the verify-phase tests stand on."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import json
 import os
@@ -132,6 +133,36 @@ def test_restart_script_fails_when_the_new_dhcpd_dies_at_once(lab: Lab) -> None:
     finally:
         lab.reset(NORMAL_TIMEOUT)
     assert server.dhcpd_pid is not None
+
+
+def test_restart_script_waits_for_a_slow_dhcpd_to_write_its_pid_file(tmp_path: Path) -> None:
+    """dhcpd writes its pid file only once its config, leases and interfaces are set up; on a
+    busy machine that is later than the script's 0.5 s check (seen in CI). A stand-in that
+    takes 1.5 s runs the real script, outside any namespace."""
+    pid_file = tmp_path / "dhcpd.pid"
+    slow = tmp_path / "dhcpd"
+    slow.write_text(
+        "#!/bin/sh\n"
+        'while [ "$1" != -pf ]; do shift; done\n'
+        "sleep 1.5\n"
+        'echo $$ > "$2"\n'
+        "exec sleep 30\n"
+    )
+    slow.chmod(0o755)
+    script = tmp_path / "restart.sh"
+    script.write_text(
+        dhcpd.restart_script(
+            str(slow), tmp_path / "conf", tmp_path / "leases", pid_file, tmp_path / "log"
+        )
+    )
+    result = subprocess.run(["/bin/sh", str(script)], capture_output=True, text=True, timeout=30)
+    started = result.stdout.rpartition("pid ")[2].strip()
+    try:
+        assert result.returncode == 0, result.stderr
+        assert pid_file.read_text().strip() == started
+    finally:
+        with contextlib.suppress(ValueError, ProcessLookupError):
+            os.kill(int(started), signal.SIGKILL)
 
 
 def test_killed_peer_leaves_the_other_interrupted_until_restarted(lab: Lab) -> None:

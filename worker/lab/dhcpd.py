@@ -132,7 +132,8 @@ def restart_script(
 
     It ends the dhcpd named in the pid file (TERM, KILL after 5 s; a zombie counts as gone:
     nothing may reap it here), then starts a new one in its own session with ``setsid``, so
-    it outlives the SSH session, and fails when the new dhcpd is gone 0.5 s later.
+    it outlives the SSH session. It fails when the new dhcpd is gone 0.5 s later, or before it
+    has written its pid file.
     """
     q = shlex.quote
     argv = " ".join(
@@ -165,12 +166,26 @@ fi
 echo "--- worker.lab restart $(date '+%F %T')" >> "$log"
 setsid nohup {argv} >> "$log" 2>&1 < /dev/null &
 new=$!
-sleep 0.5
-if ! alive "$new"; then
+died() {{
     echo "dhcpd exited at once; $log ends with:" >&2
     tail -n 15 "$log" >&2
     exit 1
-fi
+}}
+sleep 0.5
+alive "$new" || died
+# dhcpd writes its pid file once its config, leases and interfaces are set up: on a busy
+# machine that can be later than 0.5 s, and until then nothing can find it.
+i=0
+until [ "$(cat "$pidf" 2>/dev/null)" = "$new" ]; do
+    i=$((i + 1))
+    if [ "$i" -ge 400 ]; then
+        echo "dhcpd $new did not write $pidf in 20 s" >&2
+        kill -KILL "$new"
+        exit 1
+    fi
+    sleep 0.05
+    alive "$new" || died
+done
 echo "dhcpd restarted: pid $new"
 """
 
