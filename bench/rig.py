@@ -48,17 +48,14 @@ from tests.fixtures.broker import delete_topology
 from worker.consumer.client import request_message
 from worker.consumer.topology import declare_topology
 from worker.demo import RELATIONSHIP, sample_config
-from worker.demo.localhosts import (
-    LocalHost,
-    LocalHosts,
+from worker.demo.localhosts import LocalHost, LocalHosts, write_scripts, write_sshd_config
+from worker.demo.processes import (
     LocalHostsError,
-    _free_port,
-    _keygen,
-    _sshd_binary,
-    _wait_for_banner,
-    _write_scripts,
-    _write_sshd_config,
+    free_port,
+    keygen,
     spawn_sshd,
+    sshd_binary,
+    wait_for_banner,
 )
 from worker.rollout.discovery import Pair
 from worker.settings import Settings
@@ -157,7 +154,7 @@ def start_servers(
     plain_login: bool = True,
     startup_timeout: float = 20.0,
 ) -> LocalHosts:
-    sshd = _sshd_binary()
+    sshd = sshd_binary()
     hosts = LocalHosts.empty(base, "dhcp-failover-worker@bench-rig")
     base = hosts.base_dir
     block = random.randrange(64, 250)  # 127.<block>.x.y: this rig's addresses
@@ -222,7 +219,7 @@ def _server(
     config_path.parent.mkdir(parents=True, exist_ok=True)
     config_path.write_text(conf)
     config_path.chmod(0o644)
-    _write_scripts(root, config_path, hang_seconds=60)
+    write_scripts(root, config_path, hang_seconds=60)
     return _ServerFiles(name, root, config_path, tuple(addresses.get(name, ())), listen)
 
 
@@ -237,21 +234,21 @@ def _start_sshd(
     """One sshd on ``listen`` (same port on each address); (process, port, host key, log)."""
     root.mkdir(parents=True, exist_ok=True)
     host_key = root / "ssh_host_ed25519_key"
-    _keygen(host_key, f"host key of {root.name}")
+    keygen(host_key, f"host key of {root.name}")
     shutil.copyfile(hosts.client_key.with_suffix(".pub"), root / "authorized_keys")
     home = root / "home" if plain_login else None
     if home is not None:
         home.mkdir(exist_ok=True)
     log = root / "sshd.log"
     for _attempt in range(5):  # a port free on 127.0.0.1 may be taken on one of ours: retry
-        port = _free_port()
-        config = _write_sshd_config(root, port, host_key, hosts.token, home, listen=listen)
+        port = free_port()
+        config = write_sshd_config(root, port, host_key, hosts.token, home, listen=listen)
         # Every worker connects to every server of a rollout at once: sshd's default
         # MaxStartups (10 unauthenticated, then random drops) would refuse some.
         with config.open("a") as f:
             f.write("MaxStartups 1000\n")
         process = spawn_sshd(sshd, config, log, hosts.token)
-        if all(_wait_for_banner(port, process, timeout, host=a) for a in listen):
+        if all(wait_for_banner(port, process, timeout, host=a) for a in listen):
             return process, port, host_key, log
         process.kill()
         process.wait()

@@ -22,6 +22,7 @@ import pytest
 
 from tests.fixtures.lab import NORMAL_TIMEOUT, start_lab, unavailable
 from tests.transport.support import raw_connection
+from worker.demo.processes import alive
 from worker.dhcpconf import ConfigSet, check_pair
 from worker.lab import (
     NORMAL,
@@ -258,13 +259,6 @@ def _processes_of(lab: Lab) -> set[int]:
     return {p for i in inodes if i is not None for p in netns.pids_in_namespace(i)}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.integration
 @pytest.mark.parametrize("error", [RuntimeError, KeyboardInterrupt])
 def test_an_error_in_the_body_leaves_no_namespace_link_or_process(
@@ -280,7 +274,7 @@ def test_an_error_in_the_body_leaves_no_namespace_link_or_process(
         assert (sorted(namespaces), sorted(links)) == (sorted(lab.namespaces), sorted(lab.links))
         raise error("the test body failed")
     assert _owned(lab.prefix) == ([], [])
-    assert not [p for p in inside if _alive(p)]
+    assert not [p for p in inside if alive(p)]
     # Other labs (other test runs) may come and go meanwhile: compare only what is ours.
     new_namespaces = set(netns.namespaces()) - namespaces_before
     new_links = set(netns.links()) - links_before
@@ -335,7 +329,7 @@ def test_sigterm_tears_the_lab_down(tmp_path: Path) -> None:
                     unavailable(err.strip().splitlines()[-1])
                 pytest.fail(f"the lab did not start: {err}")
             started = json.loads(line)
-            assert all(_alive(p) for p in started["pids"])
+            assert all(alive(p) for p in started["pids"])
             process.send_signal(signal.SIGTERM)
             process.communicate(timeout=30)
         finally:
@@ -343,7 +337,7 @@ def test_sigterm_tears_the_lab_down(tmp_path: Path) -> None:
                 process.kill()
     assert process.returncode != 0  # KeyboardInterrupt, after the with block tore down
     assert _owned(started["prefix"]) == ([], [])
-    assert not [p for p in started["pids"] if _alive(p)]
+    assert not [p for p in started["pids"] if alive(p)]
 
 
 # -- the script for people ----------------------------------------------------------------------
@@ -381,7 +375,7 @@ def test_script_up_status_down(tmp_path: Path) -> None:
     finally:
         lab.stop()  # a no-op after `down`; the clean-up if the test failed before it
     assert _owned(lab.prefix) == ([], [])
-    assert not [p for p in pids if _alive(p)]
+    assert not [p for p in pids if alive(p)]
     assert not (workdir / registry.STATE_FILE).exists()
 
 

@@ -15,7 +15,8 @@ import asyncssh
 import pytest
 
 from worker.demo import PRIMARY
-from worker.demo.localhosts import LocalHosts, _tagged_pids
+from worker.demo.localhosts import LocalHosts
+from worker.demo.processes import tagged_pids
 from worker.transport import ServerEntry, SshFleet, SshOptions, parse_inventory
 from worker.transport.agent import AGENT_COMMAND
 
@@ -76,7 +77,7 @@ def processes(hosts: LocalHosts, needle: str) -> list[int]:
     """Processes the hosts' sshds started whose command line contains ``needle`` (a zombie
     has none)."""
     found = []
-    for pid in _tagged_pids(hosts.token):
+    for pid in tagged_pids(hosts.token):
         with contextlib.suppress(OSError):
             cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
             if needle.encode() in cmdline:

@@ -21,6 +21,7 @@ import pytest
 from worker.change.ports import MAX_READ_BYTES
 from worker.change.snapshot import read_snapshot
 from worker.demo import sample_config
+from worker.demo.processes import alive
 from worker.errors import (
     Ambiguous,
     CommandFailed,
@@ -216,7 +217,7 @@ async def test_validate_past_its_timeout_is_ambiguous_and_its_processes_are_kill
         assert caught.value.server == "dhcp1"
         child = int(content(pids))
         deadline = time.monotonic() + 10
-        while _alive(child):
+        while alive(child):
             assert time.monotonic() < deadline, "the validator's child outlived the timeout"
             await asyncio.sleep(0.05)
     finally:
@@ -225,17 +226,8 @@ async def test_validate_past_its_timeout_is_ambiguous_and_its_processes_are_kill
 
 def _kill_if_alive(pid_file: Path) -> None:
     """Whatever happened above, the test leaves no process behind."""
-    if pid_file.exists() and (pid := pid_file.read_text().strip()) and _alive(int(pid)):
+    if pid_file.exists() and (pid := pid_file.read_text().strip()) and alive(int(pid)):
         os.kill(int(pid), signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    with open(f"/proc/{pid}/stat") as f:  # a zombie (reaped later by its parent) is dead
-        return f.read().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 async def test_restart_is_refused_with_a_clear_error(conf: Path) -> None:

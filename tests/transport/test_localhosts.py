@@ -10,7 +10,8 @@ import pytest
 
 from tests.fixtures.sshd import LocalHostsFactory
 from worker.demo import PRIMARY, SECONDARY, sample_config
-from worker.demo.localhosts import LocalHosts, _tagged_pids
+from worker.demo.localhosts import LocalHosts
+from worker.demo.processes import tagged_pids
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -100,9 +101,9 @@ def test_stop_ends_every_process_including_a_hung_restart(
         assert [r.status for r in h.restarts()] == ["hung"]
         client.kill()  # the client goes away; the remote sleep does not
         client.wait(10)
-        assert _tagged_pids(hosts.token)
+        assert tagged_pids(hosts.token)
         hosts.stop(timeout=5.0)
-        assert _tagged_pids(hosts.token) == set()
+        assert tagged_pids(hosts.token) == set()
         assert h.process.poll() is not None
         with pytest.raises(OSError):
             os.kill(h.process.pid, 0)

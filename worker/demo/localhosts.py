@@ -29,7 +29,6 @@ import os
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -40,14 +39,19 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
-MARKER_ENV = "DHCP_FAILOVER_LOCALHOSTS"
-"""Environment variable carrying the instance token into every process sshd spawns."""
+from worker.demo.processes import (
+    MARKER_ENV,
+    LocalHostsError,
+    ensure_privsep_dir,
+    free_port,
+    keygen,
+    spawn_sshd,
+    sshd_binary,
+    terminate,
+    wait_for_banner,
+)
 
 Marker = Literal["fail-validate", "fail-restart", "hang-restart", "fail-verify"]
-
-
-class LocalHostsError(RuntimeError):
-    """sshd (or ssh-keygen) could not be set up or started; the message carries its output."""
 
 
 @dataclass(frozen=True)
@@ -144,10 +148,10 @@ class LocalHosts:
         fresh token; what :meth:`start` and the benchmarks' rig build their servers in."""
         base = Path(base_dir).resolve()
         base.mkdir(parents=True, exist_ok=True)
-        _ensure_privsep_dir()
+        ensure_privsep_dir()
         client_key = base / "client" / "id_ed25519"
         client_key.parent.mkdir(exist_ok=True)
-        _keygen(client_key, key_comment)
+        keygen(client_key, key_comment)
         return cls(
             base_dir=base,
             inventory_path=base / "inventory.toml",
@@ -177,7 +181,7 @@ class LocalHosts:
         no start-up files of the account: a typical service account on a DHCP host, where an
         exec costs a few milliseconds (root's here runs pyenv's init, 100 ms and more).
         """
-        sshd = _sshd_binary()
+        sshd = sshd_binary()
         self = cls.empty(base_dir, "dhcp-failover-worker@localhosts")
         base = self.base_dir
         try:
@@ -238,7 +242,7 @@ class LocalHosts:
         for p in masters:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
-        _terminate(self.token, {p.pid for p in masters}, timeout)
+        terminate(self.token, {p.pid for p in masters}, timeout)
         for p in masters:
             try:
                 p.wait(timeout)
@@ -282,25 +286,25 @@ def _start_host(
     config_path.write_bytes(conf.encode() if isinstance(conf, str) else conf)
     config_path.chmod(0o644)
     host_key = root / "ssh_host_ed25519_key"
-    _keygen(host_key, f"host key of {name}")
+    keygen(host_key, f"host key of {name}")
     shutil.copyfile(client_key.with_suffix(".pub"), root / "authorized_keys")
-    _write_scripts(root, config_path, hang_seconds)
+    write_scripts(root, config_path, hang_seconds)
 
     sshd_log = root / "sshd.log"
     last_error = ""
     for _attempt in range(5):  # a free port can be taken between probe and bind: retry
-        port = _free_port()
+        port = free_port()
         home = root / "home" if plain_login else None
         if home is not None:
             home.mkdir(exist_ok=True)
-        sshd_config = _write_sshd_config(root, port, host_key, token, home)
+        sshd_config = write_sshd_config(root, port, host_key, token, home)
         check = subprocess.run(
             [sshd, "-t", "-f", str(sshd_config)], capture_output=True, text=True, check=False
         )
         if check.returncode != 0:
             raise LocalHostsError(f"sshd -t rejected {sshd_config}: {check.stderr.strip()}")
         process = spawn_sshd(sshd, sshd_config, sshd_log, token)
-        if _wait_for_banner(port, process, startup_timeout):
+        if wait_for_banner(port, process, startup_timeout):
             return LocalHost(
                 name=name,
                 root=root,
@@ -321,7 +325,7 @@ def _start_host(
     raise LocalHostsError(f"sshd for {name} did not start; its log ends with:\n{last_error}")
 
 
-def _write_sshd_config(
+def write_sshd_config(
     root: Path,
     port: int,
     host_key: Path,
@@ -361,7 +365,7 @@ def _write_sshd_config(
     return path
 
 
-def _write_scripts(root: Path, config_path: Path, hang_seconds: int) -> None:
+def write_scripts(root: Path, config_path: Path, hang_seconds: int) -> None:
     dhcpd = shutil.which("dhcpd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
     if dhcpd is None:
         raise LocalHostsError("dhcpd not found (install isc-dhcp-server)")
@@ -404,119 +408,6 @@ echo active
         path = root / "bin" / name
         path.write_text(text)
         path.chmod(0o755)
-
-
-# -- processes ---------------------------------------------------------------------------------
-
-
-def spawn_sshd(sshd: str, config: Path, log: Path, token: str) -> subprocess.Popen[bytes]:
-    """``sshd -D -e -f CONFIG`` in a session of its own, its output appended to ``log``, tagged
-    with ``token`` in its environment so that exactly what was started here is stopped."""
-    with log.open("ab") as out:
-        return subprocess.Popen(
-            [sshd, "-D", "-e", "-f", str(config)],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env={**os.environ, MARKER_ENV: token},
-            start_new_session=True,
-        )
-
-
-def _sshd_binary() -> str:
-    """sshd refuses to re-exec from a relative path, so resolve it absolutely."""
-    found = shutil.which("sshd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
-    if found is None:
-        raise LocalHostsError("sshd not found (install openssh-server)")
-    return str(Path(found).resolve())
-
-
-def _ensure_privsep_dir() -> None:
-    """sshd insists on its privilege-separation directory even in the foreground."""
-    with contextlib.suppress(PermissionError):
-        Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
-
-
-def _keygen(path: Path, comment: str) -> None:
-    if path.exists():
-        return
-    result = subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)],
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=30,
-    )
-    if result.returncode != 0:
-        raise LocalHostsError(f"ssh-keygen failed for {path}: {result.stderr.strip()}")
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _wait_for_banner(
-    port: int, process: subprocess.Popen[bytes], timeout: float, host: str = "127.0.0.1"
-) -> bool:
-    """True once sshd answers with its SSH banner; False if it exited or time ran out."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            return False
-        try:
-            with socket.create_connection((host, port), timeout=1.0) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    return True
-        except OSError:
-            pass
-        time.sleep(0.02)
-    return False
-
-
-def _tagged_pids(token: str) -> set[int]:
-    """Every live process whose environment carries this instance's token."""
-    needle = f"{MARKER_ENV}={token}".encode()
-    found: set[int] = set()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            if needle in (entry / "environ").read_bytes().split(b"\0"):
-                found.add(int(entry.name))
-        except OSError:
-            continue
-    found.discard(os.getpid())
-    return found
-
-
-def _alive(pid: int) -> bool:
-    """Running and not a zombie (a container's PID 1 may never reap orphans)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def _signal_all(pids: set[int], sig: signal.Signals) -> None:
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
-
-
-def _terminate(token: str, masters: set[int], timeout: float) -> None:
-    targets = _tagged_pids(token) | {p for p in masters if _alive(p)}
-    _signal_all(targets, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        targets = {p for p in targets | _tagged_pids(token) if _alive(p)}
-        if not targets:
-            return
-        time.sleep(0.05)
-    _signal_all(targets | _tagged_pids(token), signal.SIGKILL)
 
 
 # -- manual demo ----------------------------------------------------------------------------------

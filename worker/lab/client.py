@@ -14,7 +14,7 @@ import signal
 import subprocess
 from pathlib import Path
 
-from worker.demo.localhosts import MARKER_ENV, _alive
+from worker.demo.processes import MARKER_ENV, alive
 from worker.lab import netns
 from worker.lab.netns import LabError
 
@@ -112,5 +112,5 @@ def parse_last_lease(text: str) -> dict[str, str]:
 def _end(pid_file: Path) -> None:
     with contextlib.suppress(OSError, ValueError):
         pid = int(pid_file.read_text().strip())
-        if _alive(pid):
+        if alive(pid):
             os.kill(pid, signal.SIGTERM)

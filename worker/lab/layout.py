@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from worker.demo.localhosts import _alive
+from worker.demo.processes import alive
 from worker.lab.dhcpd import OMAPI_PORT, LabOmapiKey, PairSettings
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ class LabServer:
             if (
                 Path(f"/proc/{pid}/comm").read_text().strip() == comm
                 and os.stat(f"/proc/{pid}/ns/net").st_ino == inode
-                and _alive(pid)
+                and alive(pid)
             ):
                 return pid
         except (OSError, ValueError):

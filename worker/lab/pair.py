@@ -23,7 +23,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from worker.demo.localhosts import MARKER_ENV, _alive, _ensure_privsep_dir, _keygen
+from worker.demo.processes import MARKER_ENV, alive, ensure_privsep_dir, keygen
 from worker.lab import dhcpd, layout, netns, registry, sshd
 from worker.lab.client import LabClients
 from worker.lab.dhcpd import LabOmapiKey, PairSettings
@@ -166,9 +166,9 @@ class Lab(PairObserver, LabClients):
         return self
 
     def _build(self, tools: Mapping[str, str], startup_timeout: float) -> None:
-        _ensure_privsep_dir()
+        ensure_privsep_dir()
         self.client_key.parent.mkdir(exist_ok=True)
-        _keygen(self.client_key, f"worker@lab-{self.lab_id}")
+        keygen(self.client_key, f"worker@lab-{self.lab_id}")
         if self.omapi_key is not None and self.omapi_secret_file is not None:
             self.omapi_secret_file.write_text(self.omapi_key.secret + "\n")
             self.omapi_secret_file.chmod(0o600)
@@ -225,7 +225,7 @@ class Lab(PairObserver, LabClients):
             )
         )
         server.restart_script.chmod(0o755)
-        _keygen(server.host_key, f"host key of lab {server.name}")
+        keygen(server.host_key, f"host key of lab {server.name}")
         sshd.copy_authorized_key(self.client_key, server.directory / "authorized_keys")
 
     def render_config(self, name: str, peer: PairSettings | None = None) -> str:
@@ -307,7 +307,7 @@ class Lab(PairObserver, LabClients):
             return None
         os.kill(pid, sig)
         deadline = time.monotonic() + timeout
-        while _alive(pid):
+        while alive(pid):
             if time.monotonic() > deadline:
                 raise LabError(f"dhcpd {pid} in {server} still runs {timeout} s after {sig}")
             time.sleep(0.02)

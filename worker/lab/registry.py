@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker.demo.localhosts import _alive, _tagged_pids, _terminate
+from worker.demo.processes import alive, tagged_pids, terminate
 from worker.lab import netns
 from worker.lab.netns import LabError
 
@@ -38,7 +38,7 @@ class Entry:
 
     @property
     def owner_alive(self) -> bool:
-        return _alive(self.owner_pid)
+        return alive(self.owner_pid)
 
     @property
     def stale(self) -> bool:
@@ -119,16 +119,16 @@ def teardown(
     inodes = {i for i in (netns.namespace_inode(n) for n in namespaces) if i is not None}
 
     def inside() -> set[int]:
-        return {p for i in inodes for p in netns.pids_in_namespace(i) if _alive(p)}
+        return {p for i in inodes for p in netns.pids_in_namespace(i) if alive(p)}
 
-    targets = {p for p in pids if _alive(p)} | inside()
+    targets = {p for p in pids if alive(p)} | inside()
     for pid in targets:  # each was started in a session of its own: end its group too
         with contextlib.suppress(ProcessLookupError, PermissionError):
             if os.getpgid(pid) == pid:
                 os.killpg(pid, signal.SIGTERM)
-    _terminate(token, targets, timeout)
+    terminate(token, targets, timeout)
     deadline = time.monotonic() + timeout
-    while (left := inside() | _tagged_pids(token)) and (time.monotonic() < deadline):
+    while (left := inside() | tagged_pids(token)) and (time.monotonic() < deadline):
         for pid in left:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)

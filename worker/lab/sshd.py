@@ -5,12 +5,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from worker.demo.localhosts import MARKER_ENV
+from worker.demo.processes import MARKER_ENV, spawn_sshd, wait_for_banner
 from worker.lab.netns import LabError, netns_argv
 
 
@@ -67,26 +65,9 @@ def start(
     )
     if check.returncode != 0:
         raise LabError(f"sshd -t rejected {config}: {check.stderr.strip()}")
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            netns_argv(namespace, [sshd, "-D", "-e", "-f", str(config)]),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            env={**os.environ, MARKER_ENV: token},
-            start_new_session=True,
-        )
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            break
-        try:
-            with socket.create_connection((address, 22), timeout=1.0) as s:
-                if s.recv(64).startswith(b"SSH-"):
-                    return process
-        except OSError:
-            pass
-        time.sleep(0.02)
+    process = spawn_sshd(sshd, config, log, token, prefix=netns_argv(namespace, []))
+    if wait_for_banner(22, process, timeout, host=address):
+        return process
     if process.poll() is None:
         process.kill()
     process.wait()
