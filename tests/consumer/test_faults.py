@@ -27,7 +27,7 @@ from tests.consumer.support import (
     take_unacked,
     x_death,
 )
-from worker.consumer.app import Settlement, settle
+from worker.consumer.settlement import Settlement, settle
 from worker.messages import ModifyRequest, Outcome, RemoveRequest, ResultData
 from worker.settings import Settings
 

@@ -27,10 +27,10 @@ from hypothesis import HealthCheck, event, given, settings
 from pamqp.header import ContentHeader
 
 from tests.consumer.payloads import PAYLOADS, PROPERTIES, TEXT
-from worker.consumer.app import Settlement, decide
 from worker.consumer.events import failsafe_outgoing, reply_allowed
 from worker.consumer.intake import Delivery, read_delivery
 from worker.consumer.results import encode_result, run_handler
+from worker.consumer.settlement import Settlement, decide
 from worker.messages import (
     MAX_COMMENT_LENGTH,
     ModifyRequest,

@@ -9,7 +9,6 @@ import pytest
 from cloudevents.core.bindings.rabbitmq import RabbitMQMessage, from_structured_event
 
 from tests.consumer.support import MODIFY, MODIFY_ID, modify
-from worker.consumer.app import Settlement, decide
 from worker.consumer.events import (
     EVENT_CONTENT_TYPE,
     EventPublisher,
@@ -21,6 +20,7 @@ from worker.consumer.events import (
 )
 from worker.consumer.intake import Delivery, read_delivery
 from worker.consumer.results import build_event, encode_result, run_handler
+from worker.consumer.settlement import Settlement, decide
 from worker.errors import Ambiguous, PeerNotFound, Unreachable
 from worker.messages import (
     ErrorInfo,

@@ -21,7 +21,7 @@ from tests.consumer.support import (
     publish_raw,
     running_worker,
 )
-from worker.consumer import app
+from worker.consumer import app, settlement
 from worker.errors import LockTimeout, UnknownServer
 from worker.messages import ModifyRequest, Outcome, RemoveRequest, ResultData
 from worker.settings import Settings
@@ -238,13 +238,13 @@ async def test_an_announced_outcome_is_published_at_once_and_acked_after_the_han
     # The coordinator announces the outcome once the servers are final, then cleans up and
     # records it: the event must not wait for that, the ack must.
     order: list[str] = []
-    real_settle = app.settle
+    real_settle = settlement.settle
 
-    async def settle(message: AbstractIncomingMessage, settlement: app.Settlement) -> bool:
-        order.append(f"settle {settlement.value}")
-        return await real_settle(message, settlement)
+    async def settle(message: AbstractIncomingMessage, how: settlement.Settlement) -> bool:
+        order.append(f"settle {how.value}")
+        return await real_settle(message, how)
 
-    monkeypatch.setattr(app, "settle", settle)
+    monkeypatch.setattr(app, "settle", settle)  # the name the loop calls
     gate = asyncio.Event()
     handler = StubHandler(finish_gate=gate)
     await publish_raw(amqp, broker_settings, MODIFY, "request.modify")

@@ -8,8 +8,8 @@ Modules, read top to bottom:
   which ``reply_to`` is answered.
 * :mod:`~worker.consumer.results` -- the handler's outcome, or the rejection, as event bytes;
   the failsafe ``internal_error`` event when they cannot be made.
-* :mod:`~worker.consumer.app` -- the loop: ``run_worker``, and ``decide`` / ``settle``, the
-  one place that acks.
+* :mod:`~worker.consumer.settlement` -- ``decide`` / ``settle``, the one place that acks.
+* :mod:`~worker.consumer.app` -- the loop: ``run_worker``.
 * :mod:`~worker.consumer.client` -- ``publish_request`` for the CLI, optionally waiting.
 
 Decisions where the contract is silent:

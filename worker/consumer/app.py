@@ -17,8 +17,9 @@ is published at once, while the handler finishes, and the request is settled onl
 are over. The publish and the settle are tasks we track, so a cancel or a shutdown waits
 for them.
 
-:func:`decide` is the one place that maps what happened to ack / dead-letter / requeue, and
-:func:`settle` the one place that talks to the broker about it. A request is acked only
+:func:`~worker.consumer.settlement.decide` is the one place that maps what happened to ack /
+dead-letter / requeue, and :func:`~worker.consumer.settlement.settle` the one place that talks
+to the broker about it. A request is acked only
 after its event is confirmed; if the event cannot be published the request is not acked
 (rejected with requeue, or simply returned when the channel dies) and is redelivered, where
 the idempotent handler converges and the deterministic event id lets consumers drop the
@@ -40,7 +41,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 
 from aio_pika.abc import (
@@ -57,6 +57,7 @@ from worker.consumer.connect import connect_with_retry, describe_urls
 from worker.consumer.events import EventPublisher, Outgoing, PublishFailed, reply_allowed
 from worker.consumer.intake import Delivery, read_delivery
 from worker.consumer.results import Handler, encode_result, run_handler
+from worker.consumer.settlement import decide, settle
 from worker.consumer.topology import declare_topology
 from worker.health import Readiness
 from worker.logging import bind_request, get_logger
@@ -64,7 +65,6 @@ from worker.messages import ResultData
 from worker.metrics import (
     BROKER_CONNECTED,
     BROKER_RECONNECTS,
-    DEAD_LETTERED,
     REDELIVERIES,
     REQUESTS,
 )
@@ -77,67 +77,6 @@ log = get_logger(__name__)
 
 #: ``/readyz`` while aio-pika re-establishes the consuming connection.
 LOST = "broker connection lost; reconnecting"
-
-
-class Settlement(StrEnum):
-    """What happens to a delivery once processing is over, and the AMQP method that says it.
-
-    ``requeue`` and ``release`` both put the request back, but mean different things to a
-    quorum queue from RabbitMQ 4.3 on: ``basic.reject(requeue)`` is a failed attempt and
-    counts toward ``x-delivery-limit``; ``basic.nack(requeue)`` is "not now" and does not
-    (before 4.3 both count). So a request whose event never got out can only loop up to the
-    delivery limit, and one merely handed back at shutdown loses no attempt.
-    """
-
-    ack = "ack"  # outcome published and confirmed: basic.ack
-    dead_letter = "dead_letter"  # unreadable bytes, answered: basic.reject, broker dead-letters
-    requeue = "requeue"  # attempt failed, no confirmed outcome: basic.reject(requeue)
-    release = "release"  # not attempted (shutting down, cancelled): basic.nack(requeue)
-
-
-def decide(*, published: bool | None, poison: bool) -> Settlement:
-    """The one mapping from what happened to what the broker is told.
-
-    ``published`` is None when no outcome was reached (shutdown before the handler started, or
-    the handler was cancelled), False when the event was not confirmed. Every terminal outcome
-    (``succeeded``, ``rejected``, ``failed``, ``rolled_back``, ``rollback_failed``) is acked:
-    retrying a ``failed`` change is the publisher's decision, made on the event it received.
-    """
-    if published is None:
-        return Settlement.release
-    if not published:
-        return Settlement.requeue
-    if poison:
-        return Settlement.dead_letter
-    return Settlement.ack
-
-
-async def settle(message: AbstractIncomingMessage, settlement: Settlement) -> bool:
-    """Tell the broker; the only place a request is acked, rejected or requeued.
-
-    A channel that died meanwhile is not an error: the broker has already returned the message
-    to the queue and redelivers it. Returns whether the broker was told.
-    """
-    try:
-        if settlement is Settlement.ack:
-            await message.ack()
-        elif settlement is Settlement.dead_letter:
-            await message.reject(requeue=False)
-        elif settlement is Settlement.requeue:
-            await message.reject(requeue=True)
-        elif settlement is Settlement.release:
-            await message.nack(requeue=True)
-    except (AMQPError, ChannelInvalidStateError, OSError) as exc:
-        log.warning(
-            "request not settled: the channel is gone and the broker will redeliver it",
-            settlement=settlement.value,
-            error=f"{type(exc).__name__}: {exc}",
-        )
-        return False
-    if settlement is Settlement.dead_letter:
-        DEAD_LETTERED.inc()
-    log.debug("request settled", settlement=settlement.value)
-    return True
 
 
 @dataclass(frozen=True)
