@@ -48,7 +48,8 @@ from tests.fixtures.broker import delete_topology
 from worker.consumer.client import request_message
 from worker.consumer.topology import declare_topology
 from worker.demo import RELATIONSHIP, sample_config
-from worker.demo.localhosts import LocalHost, LocalHosts, write_scripts, write_sshd_config
+from worker.demo.hostfiles import write_scripts, write_sshd_config
+from worker.demo.localhosts import LocalHost, LocalHosts
 from worker.demo.processes import (
     LocalHostsError,
     free_port,

@@ -25,7 +25,6 @@ import contextlib
 import getpass
 import hashlib
 import json
-import os
 import shlex
 import shutil
 import signal
@@ -39,8 +38,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Literal
 
+from worker.demo.hostfiles import write_scripts, write_sshd_config
 from worker.demo.processes import (
-    MARKER_ENV,
     LocalHostsError,
     ensure_privsep_dir,
     free_port,
@@ -323,91 +322,6 @@ def _start_host(
         if "Address already in use" not in last_error:
             break
     raise LocalHostsError(f"sshd for {name} did not start; its log ends with:\n{last_error}")
-
-
-def write_sshd_config(
-    root: Path,
-    port: int,
-    host_key: Path,
-    token: str,
-    home: Path | None = None,
-    listen: Sequence[str] = ("127.0.0.1",),
-) -> Path:
-    sftp = "/usr/lib/openssh/sftp-server"
-    path = root / "sshd_config"
-    path.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                *(f"ListenAddress {address}" for address in listen),
-                f"HostKey {host_key}",
-                f"PidFile {root / 'sshd.pid'}",
-                f"AuthorizedKeysFile {root / 'authorized_keys'}",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication yes",
-                "UsePAM no",
-                "StrictModes no",
-                "PermitRootLogin yes",
-                "UseDNS no",
-                "PrintMotd no",
-                "PrintLastLog no",
-                "LogLevel INFO",
-                # What a real server should have, so a vanished worker's lock is released:
-                "ClientAliveInterval 5",
-                "ClientAliveCountMax 3",
-                f"SetEnv {MARKER_ENV}={token}" + (f" HOME={home}" if home else ""),
-                f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
-                "",
-            ]
-        )
-    )
-    return path
-
-
-def write_scripts(root: Path, config_path: Path, hang_seconds: int) -> None:
-    dhcpd = shutil.which("dhcpd", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin"]))
-    if dhcpd is None:
-        raise LocalHostsError("dhcpd not found (install isc-dhcp-server)")
-    q = shlex.quote
-    scripts = {
-        "validate.sh": f"""#!/bin/sh
-# dhcpd -t -cf PATH, unless the fail-validate marker asks for a dhcpd-style failure.
-if [ -e {q(str(root / "fail-validate"))} ]; then
-    echo "$1 line 1: forced failure (fail-validate marker)" >&2
-    echo "^" >&2
-    echo "Configuration file errors encountered -- exiting" >&2
-    exit 1
-fi
-exec {q(dhcpd)} -t -cf "$1"
-""",
-        "restart.sh": f"""#!/bin/sh
-# Stand-in for `systemctl restart isc-dhcp-server`: log each attempt, fail or hang on demand.
-log={q(str(root / "restart.log"))}
-conf={q(str(config_path))}
-sum=$(sha256sum < "$conf" | cut -d' ' -f1)
-if [ -e {q(str(root / "hang-restart"))} ]; then
-    echo "hung $sum" >> "$log"
-    sleep {int(hang_seconds)}
-    exit 1
-fi
-if [ -e {q(str(root / "fail-restart"))} ] || ! {q(dhcpd)} -t -q -cf "$conf" 2>/dev/null; then
-    echo "failed $sum" >> "$log"
-    echo "Job for isc-dhcp-server.service failed because the control process exited" >&2
-    exit 1
-fi
-echo "ok $sum" >> "$log"
-""",
-        "verify.sh": f"""#!/bin/sh
-# Stand-in for `systemctl is-active isc-dhcp-server`.
-if [ -e {q(str(root / "fail-verify"))} ]; then echo failed; exit 3; fi
-echo active
-""",
-    }
-    for name, text in scripts.items():
-        path = root / "bin" / name
-        path.write_text(text)
-        path.chmod(0o755)
 
 
 # -- manual demo ----------------------------------------------------------------------------------
