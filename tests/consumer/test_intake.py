@@ -10,8 +10,9 @@ import pytest
 
 from tests.consumer.support import MODIFY, MODIFY_ID, REMOVE, modify, with_mclt
 from worker.consumer import intake
-from worker.consumer.intake import format_loc, read_delivery
+from worker.consumer.intake import read_delivery
 from worker.consumer.results import build_event
+from worker.consumer.schema_errors import format_loc
 from worker.messages import MAX_COMMENT_LENGTH, MAX_REQUEST_BYTES, ModifyRequest, Outcome, Phase
 from worker.settings import Settings
 

@@ -3,7 +3,8 @@
 Modules, read top to bottom:
 
 * :mod:`~worker.consumer.topology` -- declare the exchanges and queues of §1, idempotently.
-* :mod:`~worker.consumer.intake` -- bytes to a request, or to the precise reason it is not one.
+* :mod:`~worker.consumer.intake` -- bytes to a request, or to the precise reason it is not one;
+  :mod:`~worker.consumer.schema_errors` spells a schema failure out, field by field.
 * :mod:`~worker.consumer.events` -- result events as structured CloudEvents, with confirms;
   which ``reply_to`` is answered.
 * :mod:`~worker.consumer.results` -- the handler's outcome, or the rejection, as event bytes;
