@@ -7,7 +7,6 @@ RabbitMQ are in tests/e2e/test_startup.py.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import asyncssh
@@ -15,13 +14,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from worker.cli import main
+from worker.demo.processes import free_port
 from worker.failures import EXIT_CONFIG, EXIT_IOERR, EXIT_SOFTWARE, EXIT_UNAVAILABLE
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def write_inventory(
@@ -141,7 +135,7 @@ def test_an_invalid_setting_names_the_variable(tmp_path: Path) -> None:
 def test_publish_to_an_unreachable_broker_says_which_and_hides_the_password(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    url = f"amqp://guest:s3cret@127.0.0.1:{closed_port()}/"
+    url = f"amqp://guest:s3cret@127.0.0.1:{free_port()}/"
     monkeypatch.setenv("DHCP_FAILOVER_AMQP_URL", url)
 
     result = invoke("publish", "remove", "--server", "dhcp1.example.net", "--name", "fo", "--wait")
@@ -155,7 +149,7 @@ def test_publish_to_an_unreachable_broker_says_which_and_hides_the_password(
 def test_debug_mode_adds_the_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
 ) -> None:
-    monkeypatch.setenv("DHCP_FAILOVER_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{closed_port()}/")
+    monkeypatch.setenv("DHCP_FAILOVER_AMQP_URL", f"amqp://guest:guest@127.0.0.1:{free_port()}/")
     args = ["publish", "remove", "--server", "s", "--name", "fo"]
     if how == "flag":
         args.insert(0, "--debug")

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.test_metrics import free_port
+from worker.demo.processes import free_port
 from worker.health import Readiness, serving
 from worker.settings import Settings
 

@@ -9,15 +9,18 @@ that cuts the connection. tests/e2e/test_metrics_endpoint.py scrapes a worker pr
 from __future__ import annotations
 
 import asyncio
+import re
 import socket
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from aio_pika.abc import AbstractConnection
 from prometheus_client import REGISTRY
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.change.conftest import make_world
@@ -30,11 +33,13 @@ from tests.consumer.support import (
     take_unacked,
     wait_for_consumer,
 )
+from worker import metrics
 from worker.change.coordinator import execute
 from worker.change.running import VerifyPolicy
 from worker.consumer.app import LOST, run_worker
 from worker.consumer.topology import declare_topology
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY
+from worker.demo.processes import free_port
 from worker.failures import EXIT_CONFIG, OperatorError
 from worker.health import Readiness, serving
 from worker.messages import Outcome
@@ -44,12 +49,6 @@ from worker.settings import Settings
 pytestmark = pytest.mark.timeout(60)
 
 PHASES: tuple[PhaseName, ...] = ("plan", "prepare", "commit", "verify", "rollback", "finish")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def http_get(url: str) -> tuple[int, str]:
@@ -327,3 +326,27 @@ async def test_readyz_follows_the_broker_connection_and_settlements_are_counted(
     finally:
         stop.set()
         await proxy.close()
+
+
+def test_the_readme_documents_every_metric_with_its_type_and_labels() -> None:
+    """The README's table is what operators build dashboards from (issue: "the README
+    documents each metric name and label"): a metric added or relabelled must show there."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    rows = {
+        m["name"]: (m["type"], set(re.findall(r"`(\w+)`", m["labels"])))
+        for m in re.finditer(
+            r"^\| `(?P<name>dhcp_failover_\w+)` \| (?P<type>\w+) \|(?P<labels>[^|]*)\|",
+            readme,
+            re.MULTILINE,
+        )
+    }
+    defined = [m for m in vars(metrics).values() if isinstance(m, MetricWrapperBase)]
+    assert defined
+    for metric in defined:
+        # prometheus-client keeps a counter's name without its _total suffix
+        name = metric._name + ("_total" if metric._type == "counter" else "")
+        assert name in rows, f"{name} is not in the README's metrics table"
+        kind, labels = rows[name]
+        assert kind == metric._type, name
+        assert set(metric._labelnames) <= labels, name
+    assert len(rows) == len(defined), "the README lists a metric worker/metrics.py lacks"

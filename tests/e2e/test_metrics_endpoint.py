@@ -19,10 +19,11 @@ from tests.e2e.support import modify_body, new_request_id, slow_restart
 from tests.e2e.test_startup import start_worker, with_netloc
 from tests.faults.cluster_support import WorkerProcess, run_worker_process
 from tests.test_cli_errors import write_inventory
-from tests.test_metrics import Scrape, free_port, http_get, scrape
+from tests.test_metrics import Scrape, http_get, scrape
 from worker.consumer.client import publish_request
 from worker.demo import PRIMARY, SECONDARY
 from worker.demo.localhosts import LocalHosts
+from worker.demo.processes import free_port
 from worker.messages import Outcome
 from worker.settings import Settings
 

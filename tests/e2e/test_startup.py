@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,13 @@ import pytest
 from tests.consumer.proxy import TcpProxy
 from tests.e2e.support import worker_env
 from tests.test_cli_errors import write_inventory
+from worker.demo.processes import free_port
 from worker.failures import EXIT_NOPERM, EXIT_UNAVAILABLE
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 
 CLI = [sys.executable, "-m", "worker.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def with_netloc(url: str, *, password: str | None = None, port: int | None = None) -> str:

@@ -18,9 +18,10 @@ from pydantic import ValidationError
 
 from tests.consumer.proxy import TcpProxy
 from tests.consumer.support import REMOVE, REMOVE_ID, get_one
-from tests.e2e.test_startup import free_port, with_netloc
+from tests.e2e.test_startup import with_netloc
 from worker.consumer.client import publish_request
 from worker.consumer.connect import connect_with_retry, describe_urls, unreachable_message
+from worker.demo.processes import free_port
 from worker.settings import Settings
 
 pytestmark = [pytest.mark.faults, pytest.mark.timeout(60)]

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 
 from tests.rollout.conftest import RigFactory
-from tests.test_metrics import Scrape, free_port
+from tests.test_metrics import Scrape
+from worker.demo.processes import free_port
 from worker.rollout.engine import Observer, execute, prepare
 from worker.rollout.results import PairResult
 from worker.rollout.waves import parse_waves

@@ -20,6 +20,7 @@ from tests.fixtures.sshd import LocalHostsFactory
 from tests.transport.support import wait_until_locked
 from worker.demo import PRIMARY, SAMPLE_ADDRESSES, SECONDARY, sample_config, sample_configs
 from worker.demo.localhosts import LocalHost, LocalHosts
+from worker.demo.processes import free_port
 from worker.errors import (
     HostKeyMismatch,
     LockLost,
@@ -137,10 +138,7 @@ async def test_changed_host_key_is_refused_naming_the_server(pair: LocalHosts) -
 
 @pytest.fixture
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+    return free_port()
 
 
 async def test_refused_connection_is_unreachable_naming_the_server(
