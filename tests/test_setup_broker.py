@@ -48,9 +48,33 @@ def namespace() -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False)
 
 
+@pytest.fixture
+def policy_rc_d() -> Iterator[Path]:
+    """The machine's /usr/sbin/policy-rc.d, put back as it was after the test."""
+    path = Path("/usr/sbin/policy-rc.d")
+    before = path.read_bytes() if path.exists() else None
+    try:
+        yield path
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+            path.chmod(0o755)
+
+
+#: A policy-rc.d of the machine's own, as Docker's Debian images ship one.
+OWN_POLICY = b"#!/bin/sh\n# the image's own\nexit 101\n"
+
+
+@pytest.mark.parametrize("own_policy", [False, True], ids=["no-policy-rc.d", "own-policy-rc.d"])
 def test_a_machine_without_rabbitmq_gets_it_installed_started_and_waited_for(
-    namespace: str, tmp_path: Path
+    namespace: str, tmp_path: Path, policy_rc_d: Path, own_policy: bool
 ) -> None:
+    if own_policy:
+        policy_rc_d.write_bytes(OWN_POLICY)
+    else:
+        policy_rc_d.unlink(missing_ok=True)
     stubs = tmp_path / "bin"
     stubs.mkdir()
     (stubs / "apt-get").write_text(APT_GET)
@@ -83,7 +107,8 @@ def test_a_machine_without_rabbitmq_gets_it_installed_started_and_waited_for(
     assert calls[1] == "apt-get install -y -qq rabbitmq-server"
     assert calls[2] == "policy-rc.d: exit 101"  # the package's own service start is refused
     assert calls[3] == "rabbitmq-server -detached"
-    assert not Path("/usr/sbin/policy-rc.d").exists()  # and the guard is gone again
+    # and the guard is gone again: the machine's own put back, or none
+    assert (policy_rc_d.read_bytes() == OWN_POLICY) if own_policy else not policy_rc_d.exists()
 
 
 def test_a_running_broker_is_neither_installed_nor_started_again(tmp_path: Path) -> None:
