@@ -8,7 +8,8 @@ exchange and queue names, deleted at the end) and changes ``Mclt`` and ``MaxResp
 (only the primary's file holds ``mclt``; both hold ``max-response-delay``, so both restart),
 alternating between two pairs of values so that every run really changes, restarts and
 re-forms the pair. Each dhcpd is restarted by the lab's restart script, which waits 0.5 s to
-see that the new dhcpd stays up (Debian's init script waits 2 s): the restart command ends
+see that the new dhcpd stays up (Debian's init script waits 2 s), and until it has written its
+pid file: the restart command ends
 after the pair has re-formed, so the worker's first reading usually finds it normal already.
 
 **1. The last restart, timed** (``--runs`` changes, an inventory with ``omapi`` tables). The
@@ -56,8 +57,6 @@ import logging
 import shlex
 import sys
 import tempfile
-import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -66,147 +65,16 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import pypureomapi  # type: ignore[import-untyped,unused-ignore]
 
 from bench.e2e import WorkerBench
+from bench.pairwatch import PAIR, PairWatch, RestartMarks
 from bench.rig import DEFAULT_AMQP, Figures, Requester
-from worker.lab import NORMAL, Lab, LabUnavailable, as_int, dhcpd
+from worker.lab import Lab, LabUnavailable
 from worker.messages import MODIFY_COMMAND
 
-POLL = 0.02  # the observer's interval, as the issue asks
 #: (Mclt, MaxResponseDelay) of alternate runs (the lab starts at 30, 5). Mclt is in the
 #: primary's file only: MaxResponseDelay makes every change restart both servers.
 VALUES = ((40, 6), (41, 7))
-PAIR = ("primary", "secondary")
-
-
-# -- the worker's own log lines: when each restart started and returned ----------------------
-
-
-class RestartMarks(logging.Handler):
-    """Records ``commit.replaced`` (the restart starts right after it) and ``commit.restarted``
-    by request and server, with the record's time; tells the armed observer when the last
-    server's (the second one's) restart starts and returns."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.INFO)
-        self.marks: dict[tuple[str, str, str], float] = {}
-        self.last: dict[str, str] = {}  # request -> the server restarted last
-        self.watch: PairWatch | None = None
-
-    def emit(self, record: logging.LogRecord) -> None:
-        msg = record.msg
-        if not isinstance(msg, dict) or msg.get("event") not in (
-            "commit.replaced",
-            "commit.restarted",
-        ):
-            return
-        request, server, event = str(msg.get("requestId")), str(msg.get("server")), msg["event"]
-        self.marks[(request, server, event)] = record.created
-        if event == "commit.replaced":
-            started = {s for r, s, e in self.marks if r == request and e == event}
-            if len(started) == len(PAIR):
-                self.last[request] = server
-        watch = self.watch
-        if watch is None or request != watch.request_id or self.last.get(request) != server:
-            return
-        if event == "commit.replaced":
-            watch.restart_started(server, record.created)
-        else:
-            watch.restart_returned(record.created)
-
-
-# -- the observer: OMAPI from the root namespace, every 20 ms ------------------------------------
-
-
-@dataclass
-class Sample:
-    start: float
-    end: float
-    last_answered: bool  # the server restarted last answered
-    ok: bool  # both normal/normal with the new values
-
-
-@dataclass
-class PairWatch:
-    """Polls both dhcpds from the last restart's start (O) on; restarts its poll at R."""
-
-    lab: Lab
-    request_id: str
-    mclt: int
-    mrd: int
-    last: str = ""
-    origin: float | None = None
-    returned: float | None = None
-    samples: list[Sample] = field(default_factory=list)
-    after_return: float | None = None  # seconds from the first poll after R to normal
-    _go: threading.Event = field(default_factory=threading.Event)
-    _wake: threading.Event = field(default_factory=threading.Event)
-    _done: threading.Event = field(default_factory=threading.Event)
-
-    def __post_init__(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="pair-watch", daemon=True)
-        self._thread.start()
-
-    def restart_started(self, server: str, at: float) -> None:
-        self.last, self.origin = server, at
-        self._go.set()
-
-    def restart_returned(self, at: float) -> None:
-        self.returned = at
-        self._wake.set()
-
-    def close(self, timeout: float = 30.0) -> None:
-        """Wait until the observer saw the pair normal after R (or ``timeout``), then stop;
-        at once when the restart never started (the change failed before it)."""
-        self._thread.join(timeout if self._go.is_set() else 0)
-        self._done.set()
-        self._go.set()
-        self._thread.join(5)
-
-    def _read(self) -> tuple[bool, bool]:
-        answered, ok = {}, True
-        for name in PAIR:
-            try:
-                raw = self.lab.failover_state(name, timeout=1.0)
-            except (OSError, pypureomapi.OmapiError):
-                answered[name], ok = False, False
-                continue
-            answered[name] = True
-            ok = (
-                ok
-                and dhcpd.states(raw) == (NORMAL, NORMAL)
-                and as_int(raw["mclt"]) == self.mclt
-                and as_int(raw["max-response-delay"]) == self.mrd
-            )
-        return answered[self.last], ok
-
-    def _run(self) -> None:
-        if not self._go.wait(60) or self._done.is_set():
-            return
-        first_after_return: float | None = None
-        deadline = time.monotonic() + 30
-        while not self._done.is_set() and time.monotonic() < deadline:
-            start = time.time()
-            answered, ok = self._read()
-            end = time.time()
-            self.samples.append(Sample(start, end, answered, ok))
-            if self.returned is not None and start >= self.returned:
-                first_after_return = first_after_return or start
-                if ok:
-                    self.after_return = end - first_after_return
-                    return
-            self._wake.wait(POLL)
-            self._wake.clear()
-
-    def pair_normal(self) -> float | None:
-        """P: the first good reading after one where the last restarted did not answer."""
-        gone = False
-        for s in self.samples:
-            gone = gone or not s.last_answered
-            if gone and s.ok:
-                return s.end
-        return None
 
 
 # -- one change through the queue ---------------------------------------------------------------
