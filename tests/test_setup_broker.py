@@ -63,7 +63,7 @@ def policy_rc_d() -> Iterator[Path]:
             path.chmod(0o755)
 
 
-#: A policy-rc.d of the machine's own, as Docker's Debian images ship one.
+#: A policy-rc.d of the machine's own, as container images often ship one.
 OWN_POLICY = b"#!/bin/sh\n# the image's own\nexit 101\n"
 
 

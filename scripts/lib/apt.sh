@@ -5,7 +5,7 @@ SUDO=""
 
 # Install Debian packages without starting any service they ship (dhcpd, sshd, rabbitmq):
 # invoke-rc.d asks policy-rc.d, and 101 means "not now". Services are started by us, or never.
-# A policy-rc.d already there (Docker's Debian images ship one) is put back afterwards.
+# A policy-rc.d already there (container images often ship one) is put back afterwards.
 apt_install() {
   local policy=/usr/sbin/policy-rc.d rc=0
   $SUDO apt-get update -qq
