@@ -38,9 +38,12 @@ def shellcheck(*args: str) -> subprocess.CompletedProcess[str]:
 
 def repository_scripts() -> list[Path]:
     """Every tracked file that starts with a shell's #! line, and the sourced library."""
-    tracked = subprocess.run(
-        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split()
+    listed = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    if listed.returncode != 0:
+        pytest.skip(f"not a git checkout: {listed.stderr.strip()}")
+    tracked = listed.stdout.split()
     scripts = []
     for name in tracked:
         path = REPO / name
