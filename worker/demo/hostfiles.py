@@ -9,7 +9,7 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from worker.demo.processes import MARKER_ENV, LocalHostsError
+from worker.demo.processes import LocalHostsError, sshd_options
 
 
 def write_sshd_config(
@@ -21,35 +21,17 @@ def write_sshd_config(
     listen: Sequence[str] = ("127.0.0.1",),
 ) -> Path:
     """A stand-in host's ``sshd_config``: key login only, every session tagged with ``token``."""
-    sftp = "/usr/lib/openssh/sftp-server"
     path = root / "sshd_config"
-    path.write_text(
-        "\n".join(
-            [
-                f"Port {port}",
-                *(f"ListenAddress {address}" for address in listen),
-                f"HostKey {host_key}",
-                f"PidFile {root / 'sshd.pid'}",
-                f"AuthorizedKeysFile {root / 'authorized_keys'}",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "PubkeyAuthentication yes",
-                "UsePAM no",
-                "StrictModes no",
-                "PermitRootLogin yes",
-                "UseDNS no",
-                "PrintMotd no",
-                "PrintLastLog no",
-                "LogLevel INFO",
-                # What a real server should have, so a vanished worker's lock is released:
-                "ClientAliveInterval 5",
-                "ClientAliveCountMax 3",
-                f"SetEnv {MARKER_ENV}={token}" + (f" HOME={home}" if home else ""),
-                f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
-                "",
-            ]
-        )
-    )
+    lines = [
+        f"Port {port}",
+        *(f"ListenAddress {address}" for address in listen),
+        f"HostKey {host_key}",
+        f"PidFile {root / 'sshd.pid'}",
+        f"AuthorizedKeysFile {root / 'authorized_keys'}",
+        "PermitRootLogin yes",
+        *sshd_options(token, home),
+    ]
+    path.write_text("\n".join([*lines, ""]))
     return path
 
 

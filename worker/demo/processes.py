@@ -24,6 +24,28 @@ class LocalHostsError(RuntimeError):
     """sshd (or ssh-keygen) could not be set up or started; the message carries its output."""
 
 
+def sshd_options(token: str, home: Path | None = None) -> list[str]:
+    """The ``sshd_config`` lines the stand-in hosts and the lab share: key login only, no
+    DNS, the SFTP server, keepalives a real server should have too (so that a vanished
+    worker's lock is released), and every session tagged with ``token`` (and ``HOME``)."""
+    sftp = "/usr/lib/openssh/sftp-server"
+    return [
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "UsePAM no",
+        "StrictModes no",
+        "UseDNS no",
+        "PrintMotd no",
+        "PrintLastLog no",
+        "LogLevel INFO",
+        "ClientAliveInterval 5",
+        "ClientAliveCountMax 3",
+        f"SetEnv {MARKER_ENV}={token}" + (f" HOME={home}" if home else ""),
+        f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
+    ]
+
+
 def spawn_sshd(
     sshd: str, config: Path, log: Path, token: str, prefix: Sequence[str] = ()
 ) -> subprocess.Popen[bytes]:

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from worker.demo.processes import MARKER_ENV, spawn_sshd, wait_for_banner
+from worker.demo.processes import spawn_sshd, sshd_options, wait_for_banner
 from worker.lab.netns import LabError, netns_argv
 
 
@@ -24,35 +23,18 @@ def write_config(
     ``SetEnv`` tags every session -- and so every dhcpd a restart starts -- with the lab's
     token, which is how teardown finds them once their parents are gone.
     """
-    sftp = "/usr/lib/openssh/sftp-server"
     path = directory / "sshd_config"
-    path.write_text(
-        "\n".join(
-            [
-                "Port 22",
-                f"ListenAddress {address}:22",
-                f"HostKey {host_key}",
-                f"PidFile {directory / 'sshd.pid'}",
-                f"AuthorizedKeysFile {authorized_keys}",
-                "PermitRootLogin prohibit-password",
-                "PubkeyAuthentication yes",
-                "PasswordAuthentication no",
-                "KbdInteractiveAuthentication no",
-                "UsePAM no",
-                "StrictModes no",
-                "AllowTcpForwarding yes",
-                "UseDNS no",
-                "PrintMotd no",
-                "PrintLastLog no",
-                "LogLevel INFO",
-                "ClientAliveInterval 5",
-                "ClientAliveCountMax 3",
-                f"SetEnv {MARKER_ENV}={token}",
-                f"Subsystem sftp {sftp if os.path.exists(sftp) else 'internal-sftp'}",
-                "",
-            ]
-        )
-    )
+    lines = [
+        "Port 22",
+        f"ListenAddress {address}:22",
+        f"HostKey {host_key}",
+        f"PidFile {directory / 'sshd.pid'}",
+        f"AuthorizedKeysFile {authorized_keys}",
+        "PermitRootLogin prohibit-password",
+        "AllowTcpForwarding yes",
+        *sshd_options(token),
+    ]
+    path.write_text("\n".join([*lines, ""]))
     return path
 
 
