@@ -48,24 +48,23 @@ _PARAMS_CONFIG = ConfigDict(
 )
 
 
+#: The optional settings of a modify, by attribute name.
+SETTING_FIELDS = (
+    "mclt",
+    "port",
+    "partner_port",
+    "load_balance_max_seconds",
+    "max_response_delay",
+    "max_unacked_updates",
+)
+
+
 class ModifyParams(BaseModel):
     """``ModifyDHCPFailoverRelationship``: an omitted setting keeps its current value."""
 
     model_config = ConfigDict(
         **_PARAMS_CONFIG,
-        json_schema_extra={
-            "anyOf": [
-                {"required": [name]}
-                for name in (
-                    "Mclt",
-                    "Port",
-                    "PartnerPort",
-                    "LoadBalanceMaxSeconds",
-                    "MaxResponseDelay",
-                    "MaxUnackedUpdates",
-                )
-            ]
-        },
+        json_schema_extra={"anyOf": [{"required": [to_pascal(f)]} for f in SETTING_FIELDS]},
     )
 
     name: RelationshipName
@@ -89,17 +88,6 @@ class ModifyParams(BaseModel):
             names = ", ".join(to_pascal(f) for f in SETTING_FIELDS)
             raise ValueError(f"at least one setting must be given: {names}")
         return self
-
-
-#: The optional settings of a modify, by attribute name.
-SETTING_FIELDS = (
-    "mclt",
-    "port",
-    "partner_port",
-    "load_balance_max_seconds",
-    "max_response_delay",
-    "max_unacked_updates",
-)
 
 
 class RemoveParams(BaseModel):
