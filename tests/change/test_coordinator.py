@@ -823,6 +823,65 @@ async def test_a_run_that_plans_after_its_twin_committed_returns_the_recorded_re
     assert world.primary.restart_count() == world.secondary.restart_count() == 1
 
 
+def stale_secondary_reads(world: World, times: int) -> list[str]:
+    """The secondary's first ``times`` reads of its config answer with the file as it was
+    before req-a: served just before req-a committed there. Returns the paths read."""
+    stale = SECONDARY_CONF.encode()
+    read = world.secondary.read
+    seen: list[str] = []
+
+    async def read_before_the_commit(path: str) -> bytes | None:
+        seen.append(path)
+        data = await read(path)
+        if path == world.secondary.config_path and seen.count(path) <= times:
+            return stale
+        return data
+
+    world.secondary.read = read_before_the_commit  # type: ignore[method-assign]
+    return seen
+
+
+@pytest.mark.parametrize("free", [True, False], ids=["locks free", "a lock busy at first"])
+async def test_reads_that_straddle_another_changes_commits_are_taken_again(
+    world: World, free: bool
+) -> None:
+    """The reads ahead of the locks can catch another change between its two commits (the
+    primary already new, the secondary still old) while the journal listing comes after its
+    done records: no unfinished change in sight, and the pair seems to disagree. That is not
+    the request's fault: it waits for the locks once and reads again."""
+    first = await execute(modify_request("req-a"), "req-a", world.fleet)
+    assert first.outcome is Outcome.succeeded, first.error
+    seen = stale_secondary_reads(world, times=1)
+
+    if free:
+        result = await execute(modify_request("req-b", Port=649), "req-b", world.fleet)
+    else:
+        async with world.primary.lock(1):
+            running = asyncio.create_task(
+                execute(modify_request("req-b", Port=649), "req-b", world.fleet)
+            )
+            await asyncio.sleep(0.05)
+        result = await running
+
+    assert result.outcome is Outcome.succeeded, result.error
+    assert seen.count(world.secondary.config_path) >= 2
+    assert b"port 649;" in world.primary.config and b"port 649;" in world.secondary.config
+    assert b"port 648;" not in world.secondary.config
+    assert world.locked() == []
+
+
+async def test_a_pair_that_still_disagrees_when_read_again_is_rejected(world: World) -> None:
+    await execute(modify_request("req-a"), "req-a", world.fleet)
+    seen = stale_secondary_reads(world, times=100)
+
+    result = await execute(modify_request("req-b", Port=649), "req-b", world.fleet)
+
+    assert result.outcome is Outcome.rejected
+    assert result.error is not None and result.error.code == "port_mismatch"
+    assert seen.count(world.secondary.config_path) == 2  # read ahead, then once again
+    assert world.locked() == []
+
+
 async def test_a_rolled_back_request_run_again_returns_the_same_outcome(world: World) -> None:
     world.secondary.restart_failures = 1
     first = await execute(modify_request(), "req-modify-1", world.fleet)

@@ -27,7 +27,14 @@ from worker.change.ports import RemoteHost
 from worker.change.run import Preplan, Run
 from worker.change.snapshot import Snapshot, read_snapshot
 from worker.dhcpconf import ConfigSet
-from worker.errors import Failed, PairMismatch, Rejected, UnknownServer, WorkerError
+from worker.errors import (
+    Failed,
+    PairMismatch,
+    Rejected,
+    RoleMismatch,
+    UnknownServer,
+    WorkerError,
+)
 from worker.messages import (
     DeconfigureAction,
     ModifyRequest,
@@ -70,24 +77,41 @@ async def plan_when_others_end(run: Run) -> Planned:
     on what may be a half-changed pair (it takes no lock then) does it wait for those
     servers' locks once and plan afresh; unfinished then means cut off, and the request
     fails with ``unfinished_change``. (Where the run holds those locks already, there is
-    nothing to wait for: the plan afresh is the strict one.)"""
+    nothing to wait for: the plan afresh is the strict one.)
+
+    A pair whose halves disagree on reads taken ahead of the locks or without them is the
+    same case without a journal in sight: the reads may straddle another change's two
+    commits, and its done records be written before the listing. It waits likewise and
+    plans afresh from new reads; only a pair that still disagrees is rejected."""
     try:
         changes, warnings = await plan(run)
         if not run.busy or any(c.changed for c in changes):
             return changes, warnings
+        waiting, reason = sorted(run.busy), "another change is unfinished there"
+    except _TORN as exc:
+        if not (run.busy or run.unlocked_reads):
+            raise
+        waiting = sorted(run.busy | run.unlocked_reads)
+        reason = f"the pair disagreed ({exc.code}) on reads taken outside the locks"
     except WorkerError:
         if not run.busy:
             raise
-    busy = sorted(run.busy)
-    log.info("change.waiting", servers=busy, reason="another change is unfinished there")
+        waiting, reason = sorted(run.busy), "another change is unfinished there"
+    log.info("change.waiting", servers=waiting, reason=reason)
     run.drop_prefetched()
     run.listings.clear()
     run.busy.clear()
+    run.unlocked_reads.clear()
     run.strict = True
-    hosts = [run.fleet.host(n) for n in busy]
+    hosts = [run.fleet.host(n) for n in waiting]
     async with taking(hosts, run.options.lock_timeout, run.held):
         pass
     return await plan(run)
+
+
+#: Rejections that compare the two servers' trees: a read of each at another moment can
+#: cause them.
+_TORN = (PairMismatch, RoleMismatch)
 
 
 @timed("plan")
@@ -234,7 +258,10 @@ async def snapshots(hosts: dict[str, RemoteHost], run: Run) -> dict[str, Snapsho
             run.busy.add(host.name)  # running or cut off: the check under the lock says
 
     async def read(host: RemoteHost) -> Snapshot:
-        reading = run.prefetched.pop(host.name, None) or read_snapshot(host)
+        ahead = run.prefetched.pop(host.name, None)
+        if ahead is not None or host.name not in run.held:
+            run.unlocked_reads.add(host.name)
+        reading = ahead or read_snapshot(host)
         snapshot, _ = await asyncio.gather(reading, check(host))
         return snapshot
 

@@ -79,6 +79,9 @@ class Run:
     busy: set[str] = field(default_factory=set)
     #: ...and whether that now fails the plan (after waiting for their locks once).
     strict: bool = False
+    #: Servers whose tree the plan read ahead of its locks or without them: where the two
+    #: halves of a pair disagree, the reads may have caught another change mid-commit.
+    unlocked_reads: set[str] = field(default_factory=set)
     #: The changes and warnings the last plan computed (for ``preview`` and a lock timeout).
     planned: list[ServerChange] = field(default_factory=list)
     warnings: list[WarningInfo] = field(default_factory=list)
@@ -93,6 +96,7 @@ class Run:
         self.held = frozenset()
         self.busy.clear()
         self.strict = False
+        self.unlocked_reads.clear()
         self.planned, self.warnings = [], []
 
     def result(
