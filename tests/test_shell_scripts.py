@@ -15,11 +15,11 @@ import pytest
 
 from worker.demo.hostfiles import write_scripts
 from worker.lab import dhcpd
-from worker.transport.agent import AGENT_SCRIPT
+from worker.transport.agentscript import AGENT_SCRIPT
 
 REPO = Path(__file__).resolve().parent.parent
 
-#: Warnings the agent script takes on purpose (worker/transport/agent.py says why):
+#: Warnings the agent script takes on purpose (worker/transport/agentscript.py says why):
 #: SC2209 ``dfw_t=jobs`` is the word, not a command; SC3045 ``read -t`` runs only in the
 #: ``jobs`` mode, which only bash reaches; SC2034 ``read`` into a variable never read;
 #: SC1007 ``CDPATH= cd`` empties CDPATH for that one ``cd``; SC2086 the listing's globs and

@@ -18,7 +18,7 @@ from worker.demo import PRIMARY
 from worker.demo.localhosts import LocalHosts
 from worker.demo.processes import tagged_pids
 from worker.transport import ServerEntry, SshFleet, SshOptions, parse_inventory
-from worker.transport.agent import AGENT_COMMAND
+from worker.transport.agentscript import AGENT_COMMAND
 
 FAST = SshOptions(connect_timeout=5, command_timeout=5, keepalive_interval=5)
 

@@ -26,7 +26,8 @@ from worker.errors import (
     RemoteFileNotFound,
 )
 from worker.transport import SshFleet, load_inventory
-from worker.transport.agent import AGENT_COMMAND, Agent
+from worker.transport.agent import Agent
+from worker.transport.agentscript import AGENT_COMMAND
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -29,7 +29,7 @@ from worker.demo import PRIMARY, SAMPLE_ADDRESSES, sample_configs
 from worker.demo.localhosts import LocalHosts
 from worker.errors import Ambiguous, LockLost, LockTimeout
 from worker.transport import SshOptions
-from worker.transport.agent import GONE_WAIT, KILL_GRACE
+from worker.transport.agentscript import GONE_WAIT, KILL_GRACE
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
 

@@ -30,15 +30,12 @@ from worker.errors import (
     RemoteFileNotFound,
     Unreachable,
 )
-from worker.transport.agent import (
+from worker.transport.agent import Agent, AgentLost, AgentTimeout, Reply
+from worker.transport.agentscript import (
     AGENT_COMMAND,
     LIST_MISSING_EXIT,
     LISTED,
     LOCK_BUSY_EXIT,
-    Agent,
-    AgentLost,
-    AgentTimeout,
-    Reply,
 )
 from worker.transport.connection import (
     _AGENT_START_ERRORS,
